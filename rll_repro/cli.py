@@ -1,0 +1,97 @@
+"""The ``rll-repro`` command: one verb per sub-module of :mod:`rll_repro.commands`.
+
+Each command module defines ``HELP`` (one line), ``DESCRIPTION`` (the text ``--help`` teaches, with
+examples), ``add_arguments(parser)`` and ``run(args) -> int``. Modules import heavy libraries inside
+``run`` so that ``rll-repro --help`` stays instant. Any :class:`~rll_repro.errors.RLLReproError`
+(and a missing input file) becomes one line on stderr and exit code 2; ``--debug`` shows tracebacks.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# verb -> module under rll_repro.commands (module names use underscores)
+COMMANDS = {
+    "inspect": "inspect_",
+    "convert": "convert",
+    "forward": "forward",
+    "train": "train",
+    "eval": "eval_",
+    "eval-features": "eval_features",
+    "diff": "diff",
+    "reproduce": "reproduce",
+    "make-lists": "make_lists",
+}
+
+EPILOG = """\
+typical session:
+  rll-repro inspect googlenet_bn.caffemodel          what is in a model file
+  rll-repro convert model.caffemodel model.npz       weights to numpy (or .pt, or back)
+  rll-repro forward net.prototxt --weights W --inputs in.npz --out out.npz
+  rll-repro train --solver prototxt/rll/sop/solver.prototxt --weights googlenet_bn.caffemodel
+  rll-repro eval-features feats.npy labels.npy --protocol sop --out results.json
+  rll-repro diff results.json --against rll/SOP/paper/RLL-(L,M,H)
+  rll-repro reproduce digits                          the shipped end-to-end demo (no download)
+
+run 'rll-repro VERB --help' for the details of one verb."""
+
+
+def _load(verb: str):
+    return importlib.import_module(f"rll_repro.commands.{COMMANDS[verb]}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rll-repro",
+        description="Exact PyTorch reproduction of the Caffe code of Ranked List Loss (CVPR'19) "
+        "and OSM+CAA (AAAI'19): Caffe files, nets, solvers, data lists, evaluation.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    for verb in COMMANDS:
+        try:
+            module = _load(verb)
+        except ModuleNotFoundError as exc:  # a verb whose module is not written yet
+            if exc.name and exc.name.startswith("rll_repro.commands"):
+                continue
+            raise
+        p = sub.add_parser(
+            verb,
+            help=module.HELP,
+            description=getattr(module, "DESCRIPTION", module.HELP),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from rll_repro.errors import RLLReproError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except (RLLReproError, FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+        if args.debug:
+            raise
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if isinstance(exc, (FileNotFoundError, IsADirectoryError, PermissionError)) and exc.filename:
+            message = f"{exc.filename}: {exc.strerror}"
+        print(f"rll-repro {args.verb}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"rll-repro {args.verb}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

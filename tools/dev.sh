@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The two commands of the README, for a fresh machine with nothing but Python 3.11:
+#   bash tools/dev.sh demo    set up .venv (idempotent) and run the shipped end-to-end demo
+#   bash tools/dev.sh test    set up .venv (idempotent) and run the test suite (extra args go to pytest)
+# Set RLL_REPRO_VENV to use another virtual environment folder.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${RLL_REPRO_VENV:-.venv}"
+PY="${PYTHON:-python3}"
+
+setup() {
+    if [ ! -x "$VENV/bin/python" ]; then
+        "$PY" -m venv "$VENV"
+    fi
+    # Reinstall only when pyproject.toml changed since the last successful install.
+    local stamp="$VENV/.rll_repro-installed-$(sha1sum pyproject.toml | cut -c1-12)"
+    if [ ! -f "$stamp" ]; then
+        echo "setting up $VENV (first run installs torch from the local wheel cache, ~2 min)..." >&2
+        "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[test]'
+        rm -f "$VENV"/.rll_repro-installed-*
+        touch "$stamp"
+    fi
+}
+
+cmd="${1:-}"
+shift || true
+case "$cmd" in
+    demo)
+        setup
+        exec "$VENV/bin/rll-repro" reproduce digits "$@"
+        ;;
+    test)
+        setup
+        exec "$VENV/bin/python" -m pytest "$@"
+        ;;
+    setup)
+        setup
+        ;;
+    *)
+        echo "usage: bash tools/dev.sh demo|test|setup [args]" >&2
+        exit 2
+        ;;
+esac
