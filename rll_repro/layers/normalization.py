@@ -1,0 +1,123 @@
+"""Normalization (both forks' ``normalization_layer.cpp``; CPU-only in Caffe, no ``.cu``).
+
+``normalization_param.norm`` (L1 = 1, L2 = 2, default L2); n = num, d = count / n.
+
+- **L2, per sample** (SPEC rll §2.1, osm §2.5): ``y_k = x_k * float(pow(q_k + eps, -0.5))`` with
+  ``q_k = sum x_k^2`` stored as float. ``eps`` = 0 in the RLL fork (a zero vector gives inf/NaN, as
+  in Caffe) and 1e-12 in the OSM fork (``ctx.dialect.l2_normalization_eps``). Backward, with the
+  norm recomputed from x: ``g_x = (g_y - dot(y, g_y) y) * float(pow(dot(x, x) + eps, -0.5))``.
+- **L1, across the batch** (OSM fork only, SPEC osm §2.5): the first n elements of the blob are one
+  vector: ``y_k = x_k * float(1 / (sum_{k<n} |x_k| + 1e-12))``; the other elements of the top are
+  never written (they stay 0). Backward ``g_x = (g_y - dot(y, g_y)) * float(1 / (sum|x| + 1e-12))``
+  on the first n elements, 0 elsewhere. The RLL fork's L1 branch is buggy and unused there
+  (SPEC rll §2.1): building it in an RLL-dialect net is a NetError.
+
+Float32 inputs are computed in float64 and rounded where Caffe stores a float (see _pairwise).
+"""
+from __future__ import annotations
+
+import torch
+
+from rll_repro.layers._pairwise import F64, rounder
+from rll_repro.layers._util import check_bottoms, check_tops, fail, has
+from rll_repro.layers.base import Layer
+from rll_repro.layers.registry import register
+
+L1, L2 = 1, 2
+
+
+class L2NormalizeFunction(torch.autograd.Function):
+    """Caffe's per-sample L2 Normalization with its own backward (norm recomputed from x)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, eps: float):
+        r = rounder(x.dtype)
+        x2 = x.reshape(x.shape[0], -1).to(F64)
+        q = r((x2 * x2).sum(1, keepdim=True))
+        y = r(x2 * r(torch.pow(q + eps, -0.5)))
+        y = y.to(x.dtype).reshape(x.shape)
+        ctx.save_for_backward(x, y)
+        ctx.eps = eps
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y: torch.Tensor):
+        x, y = ctx.saved_tensors
+        r = rounder(x.dtype)
+        n = x.shape[0]
+        x2, y2, g2 = (t.reshape(n, -1).to(F64) for t in (x, y, grad_y))
+        a = r((y2 * g2).sum(1, keepdim=True))
+        t = r(g2 - r(a * y2))
+        scale = r(torch.pow(r((x2 * x2).sum(1, keepdim=True)) + ctx.eps, -0.5))
+        return r(t * scale).to(x.dtype).reshape(x.shape), None
+
+
+class L1BatchNormalizeFunction(torch.autograd.Function):
+    """The OSM fork's L1 Normalization: the first n = num elements normalised as one vector."""
+
+    EPS = 1e-12
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor):
+        r = rounder(x.dtype)
+        n = x.shape[0]
+        head = x.reshape(-1)[:n].to(F64)
+        scale = r(1.0 / (r(head.abs().sum()) + L1BatchNormalizeFunction.EPS))
+        y = torch.zeros(x.numel(), dtype=x.dtype, device=x.device)
+        y[:n] = r(head * scale).to(x.dtype)
+        ctx.save_for_backward(y[:n].clone())
+        ctx.scale, ctx.shape, ctx.n = scale, x.shape, n
+        return y.reshape(x.shape)
+
+    @staticmethod
+    def backward(ctx, grad_y: torch.Tensor):
+        (y,) = ctx.saved_tensors
+        r = rounder(grad_y.dtype)
+        n = ctx.n
+        g = grad_y.reshape(-1)[:n].to(F64)
+        a = r((y.to(F64) * g).sum())
+        grad = torch.zeros(grad_y.numel(), dtype=grad_y.dtype, device=grad_y.device)
+        grad[:n] = r(r(g - a) * ctx.scale).to(grad_y.dtype)
+        return grad.reshape(ctx.shape)
+
+
+def l2_normalize(x: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
+    """Per-sample L2 normalisation with Caffe's arithmetic; eps 0 (RLL fork) or 1e-12 (OSM fork)."""
+    return L2NormalizeFunction.apply(x, float(eps))
+
+
+def l1_batch_normalize(x: torch.Tensor) -> torch.Tensor:
+    """The OSM fork's L1 Normalization across the batch (first n elements of the blob)."""
+    return L1BatchNormalizeFunction.apply(x)
+
+
+@register
+class Normalization(Layer):
+    type_names = ("Normalization",)
+
+    def __init__(self, param, bottom_shapes, ctx):
+        super().__init__(param, bottom_shapes, ctx)
+        check_bottoms(param, bottom_shapes, 1)
+        check_tops(param, 1)
+        self.norm = int(param.normalization_param.norm) if has(param, "normalization_param") else L2
+        if self.norm not in (L1, L2):
+            raise fail(param, f"normalization_param.norm must be L1 or L2, got {self.norm}")
+        if self.norm == L1 and ctx.dialect.name == "rll":
+            raise fail(param, "norm L1 is the RLL fork's buggy, unused branch (SPEC rll §2.1) and is "
+                              "not ported; the OSM fork's L1 (across the batch) is used in nets with OSM layers")
+        self.eps = float(ctx.dialect.l2_normalization_eps)
+        self.reshape(bottom_shapes)
+
+    def reshape(self, bottom_shapes):
+        shape = tuple(bottom_shapes[0])
+        if len(shape) < 1 or shape[0] < 1:
+            raise fail(self.param, f"bottom shape {shape} has no samples")
+        return [shape]
+
+    def forward(self, x):
+        if self.norm == L2:
+            return (l2_normalize(x, self.eps),)
+        return (l1_batch_normalize(x),)
+
+    def extra_repr(self) -> str:
+        return f"{self.layer_name!r}, norm={'L1' if self.norm == L1 else 'L2'}, eps={self.eps:g}"

@@ -1,0 +1,304 @@
+"""Ranked List Loss: the RLL fork's ``DistanceWeightedValidPairLossV12`` (SPEC rll §1.1-1.4), its
+CVPR-era predecessor (§1.5) and the solver-side annealing hook (§3.2).
+
+V12, Caffe rules matched on purpose (f = embeddings, pairs i < j in lexicographic order):
+
+- gradient direction per pair is the unit vector ``(f_i - f_j) / (d_ij + 1e-6)`` (d = sqrt of the
+  float dot product; duplicates give 0, no NaN); the hinge enters only through the weights;
+- weights ``w = pow(base, T * t)`` with ``base`` the float 2.71828 by default (not e), t = d - (1 - m/2)
+  for positives and (1 + m/2) - d for negatives (m = pn_margin, thresholds computed in float), and
+  w = 0 unless t > 0 **strictly**; ``negative_threshold`` does not enter the gradient;
+- per-sample sums S+_k, S-_k start at 1e-8 (float), Z = 1e-8 + sum_k (S+_k + S-_k);
+- each endpoint k of a pair gets only its own coefficient ``0.5 * w / S_k * (S+_k + S-_k) / Z``
+  (the other endpoint is a constant): not the autograd gradient of any symmetric objective;
+- everything is scaled by the top diff (Caffe's λ = loss_weight);
+- the top value is the **unweighted** squared-hinge mean over the P pairs with thresholds
+  ``negative_threshold - pn_margin`` (positives) and ``negative_threshold`` (negatives), written
+  during **backward**; Caffe's forward is empty, so the forward returns the value of the previous
+  backward (0 before the first one): the reported loss lags one iteration (§1.4).
+
+How the lag is built (``DistanceWeightedValidPairLossV12.forward``): ``_LaggedRLLFunction`` returns
+the stored value as a tensor connected to the embeddings; its backward computes Caffe's gradient for
+this batch times the incoming grad (= loss_weight) and stores this batch's value on the layer, which
+``after_backward()`` hands to the net (as Caffe's top blob holds it after Backward). Standalone use
+(:mod:`rll_repro.losses`) uses ``rll_v12`` instead, which returns the current batch's value.
+
+All of it is Gram-matrix arithmetic: O(N^2 + N D) memory, two (N, D) x (D, N)-sized matmuls.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+from rll_repro.layers._pairwise import (
+    F64,
+    apply_pair_coefficients,
+    labels_equal,
+    pair_distances,
+    rounder,
+    upper_pairs_mean,
+)
+from rll_repro.layers._util import check_bottoms, check_tops, fail, has
+from rll_repro.layers.base import Layer
+from rll_repro.layers.registry import register
+
+f32 = np.float32
+EPS_SUM = float(f32(1e-8))  # initial value of S+_k, S-_k and Z (a float in Caffe)
+EPS_UNIT = 1e-6  # d + 1e-6 in the unit direction (a double literal added to a float)
+
+
+@dataclass(frozen=True)
+class RLLParams:
+    """The layer's float members (Caffe stores them as float: every value is a float32 number).
+
+    ``negative_threshold`` is the V12 field (default 1.2); the CVPR-era layer calls it ``margin``
+    (default 1.4) and uses it, unlike V12, as the negative weighting boundary.
+    """
+
+    negative_threshold: float = 1.2
+    pn_margin: float = 0.4
+    scale_p: float = 0.0
+    base_p: float = 2.71828
+    scale_n: float = 10.0
+    base_n: float = 2.71828
+
+    def __post_init__(self):
+        for name in self.__dataclass_fields__:
+            object.__setattr__(self, name, float(f32(getattr(self, name))))
+
+
+def _pair_weights(d, same, eye, params: RLLParams, r, pos_boundary: float, neg_boundary: float):
+    """(w+, w-): Caffe's pow(base, T * t) with t > 0 strictly, else 0; both (N, N) float64."""
+    pos = same & ~eye
+    neg = ~same
+    tp = r(d - pos_boundary)
+    tn = r(neg_boundary - d)
+    wp = torch.where(pos & (tp > 0), r(torch.pow(params.base_p, r(params.scale_p * tp))), 0.0)
+    wn = torch.where(neg & (tn > 0), r(torch.pow(params.base_n, r(params.scale_n * tn))), 0.0)
+    return wp, wn
+
+
+def _anchor_coefficients(wp, wn, r):
+    """K+_ij, K-_ij: 0.5 w_ij / S_i * (S+_i + S-_i) / Z, each row using its own anchor's sums."""
+    sp = r(EPS_SUM + wp.sum(1, keepdim=True))
+    sn = r(EPS_SUM + wn.sum(1, keepdim=True))
+    z = r(EPS_SUM + (sp + sn).sum())
+    share = r(r(sp + sn) / z)
+    return r(r(0.5 * wp / sp) * share), r(r(0.5 * wn / sn) * share)
+
+
+def _reported_value(d, same, params: RLLParams, r):
+    """Unweighted squared-hinge mean over the P pairs (thresholds nt - m and nt), float64."""
+    pos_thr = float(f32(params.negative_threshold) - f32(params.pn_margin))
+    hinge = torch.where(same, r(d - pos_thr), r(params.negative_threshold - d)).clamp_min(0.0)
+    return upper_pairs_mean(r(hinge * hinge))
+
+
+def rll_v12_value_and_grad(emb: torch.Tensor, labels: torch.Tensor, params: RLLParams,
+                           top_diff: float | torch.Tensor = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(value, gradient) of the V12 layer for embeddings (N, D...) and labels (N...), Caffe-exact.
+
+    The value does not depend on ``top_diff``; the gradient is Caffe's bottom diff for top diff
+    ``top_diff``. Results are in ``emb.dtype`` (float32: Caffe's float arithmetic, emulated).
+    """
+    n = emb.shape[0]
+    r = rounder(emb.dtype)
+    with torch.no_grad():
+        f = emb.reshape(n, -1).to(F64)
+        _, d, dup = pair_distances(f, r)
+        same = labels_equal(labels)
+        eye = torch.eye(n, dtype=torch.bool, device=emb.device)
+        m = f32(params.pn_margin)
+        wp, wn = _pair_weights(d, same, eye, params, r, float(f32(1) - m / f32(2)), float(f32(1) + m / f32(2)))
+        kp, kn = _anchor_coefficients(wp, wn, r)
+        unit = r(1.0 / (d + EPS_UNIT))
+        lam = float(top_diff) if not torch.is_tensor(top_diff) else float(top_diff.detach().reshape(()))
+        a = ((kp - kn) * r(lam * unit)).masked_fill_(dup, 0.0)
+        grad = r(apply_pair_coefficients(f, a))
+        value = r(_reported_value(d, same, params, r))
+    return value.to(emb.dtype), grad.to(emb.dtype).reshape(emb.shape)
+
+
+def rll_cvpr19_value_and_grad(emb: torch.Tensor, labels: torch.Tensor, params: RLLParams,
+                              top_diff: float | torch.Tensor = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The CVPR-era layer (commit ff2a4de4c, SPEC rll §1.5): boundaries ``margin - pn_margin`` and
+    ``margin`` (= ``params.negative_threshold``), raw difference ``f_i - f_j`` instead of the unit
+    vector, zero for non-violating pairs; same 0.5, S, Z, 1e-8 normalisation; value computed in
+    forward (current, not lagged)."""
+    n = emb.shape[0]
+    r = rounder(emb.dtype)
+    with torch.no_grad():
+        f = emb.reshape(n, -1).to(F64)
+        _, d, dup = pair_distances(f, r)
+        same = labels_equal(labels)
+        eye = torch.eye(n, dtype=torch.bool, device=emb.device)
+        margin = f32(params.negative_threshold)
+        wp, wn = _pair_weights(d, same, eye, params, r, float(margin - f32(params.pn_margin)), float(margin))
+        kp, kn = _anchor_coefficients(wp, wn, r)
+        lam = float(top_diff) if not torch.is_tensor(top_diff) else float(top_diff.detach().reshape(()))
+        a = ((kp - kn) * lam).masked_fill_(dup, 0.0)
+        grad = r(apply_pair_coefficients(f, a))
+        value = r(_reported_value(d, same, params, r))
+    return value.to(emb.dtype), grad.to(emb.dtype).reshape(emb.shape)
+
+
+class _CurrentValueFunction(torch.autograd.Function):
+    """Returns this batch's value; backward = the precomputed Caffe gradient times the grad."""
+
+    @staticmethod
+    def forward(ctx, emb, labels, params, variant):
+        compute = rll_v12_value_and_grad if variant == "v12" else rll_cvpr19_value_and_grad
+        value, grad = compute(emb, labels, params, 1.0)
+        ctx.save_for_backward(grad)
+        return value
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (grad,) = ctx.saved_tensors
+        return grad * grad_out, None, None, None
+
+
+def rll_v12(emb: torch.Tensor, labels: torch.Tensor, params: RLLParams = RLLParams()) -> torch.Tensor:
+    """V12 loss for standalone use: this batch's reported value; backward gives Caffe's gradient
+    (scaled by the incoming grad). Labels get no gradient."""
+    return _CurrentValueFunction.apply(emb, labels, params, "v12")
+
+
+def rll_cvpr19(emb: torch.Tensor, labels: torch.Tensor, params: RLLParams = RLLParams(negative_threshold=1.4)) -> torch.Tensor:
+    """CVPR-era RLL layer (§1.5), value current; ``params.negative_threshold`` is its ``margin``."""
+    return _CurrentValueFunction.apply(emb, labels, params, "cvpr19")
+
+
+class _LaggedRLLFunction(torch.autograd.Function):
+    """V12 as the Caffe layer runs it: forward returns ``stored`` (the previous backward's value);
+    backward computes this batch's gradient (times the top diff) and its value, which it writes to
+    ``sink.value`` (the layer's top blob after Backward)."""
+
+    @staticmethod
+    def forward(ctx, emb, labels, stored, params, sink):
+        ctx.save_for_backward(emb, labels)
+        ctx.params, ctx.sink = params, sink
+        return stored.detach().to(emb.dtype).clone()
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        emb, labels = ctx.saved_tensors
+        value, grad = rll_v12_value_and_grad(emb, labels, ctx.params, grad_out)
+        ctx.sink.value = value.detach()
+        return grad, None, None, None, None
+
+
+def _layer_params(param, cvpr19: bool) -> RLLParams:
+    """RLLParams from a LayerParameter (proto defaults where a field is unset)."""
+    c = param.contrastive_loss_param_v2
+    tp, tn = param.softmax_t_p_param, param.softmax_t_n_param
+    threshold = c.negative_threshold
+    if cvpr19:  # field 1 was ``margin`` with default 1.4 in that proto
+        if has(c, "margin"):
+            threshold = c.margin
+        elif not has(c, "negative_threshold"):
+            threshold = 1.4
+    return RLLParams(threshold, c.pn_margin, tp.scale, tp.base, tn.scale, tn.base)
+
+
+class _Sink:
+    value: torch.Tensor | None = None
+
+
+def _check_pair_bottoms(layer: Layer, bottom_shapes) -> int:
+    feat, label = tuple(bottom_shapes[0]), tuple(bottom_shapes[1])
+    if len(feat) < 1 or feat[0] < 2:
+        raise fail(layer.param, f"needs at least 2 samples to form a pair, bottom 0 has shape {feat} "
+                                "(Caffe would divide by P = 0 and report NaN)")
+    if int(np.prod(label)) != feat[0]:
+        raise fail(layer.param, f"bottom 1 (labels) has {int(np.prod(label))} values for {feat[0]} samples")
+    return feat[0]
+
+
+@register
+class DistanceWeightedValidPairLossV12(Layer):
+    """The RLL fork's loss layer (SPEC rll §1). See the module docstring for the value lag."""
+
+    type_names = ("DistanceWeightedValidPairLossV12",)
+    is_loss = True
+    cvpr19 = False
+
+    def __init__(self, param, bottom_shapes, ctx):
+        super().__init__(param, bottom_shapes, ctx)
+        check_bottoms(param, bottom_shapes, 2)
+        check_tops(param, 1)
+        if len(param.propagate_down) > 1 and param.propagate_down[1]:
+            raise fail(param, "cannot backpropagate to the labels (propagate_down[1] must be 0)")
+        self.params = _layer_params(param, self.cvpr19)
+        self.top_value = torch.zeros((), dtype=ctx.dtype)  # Caffe's zero-initialised top blob
+        self._sink = _Sink()
+        self.reshape(bottom_shapes)
+
+    def reshape(self, bottom_shapes):
+        _check_pair_bottoms(self, bottom_shapes)
+        return [()]
+
+    def forward(self, emb, labels):
+        self._sink.value = None
+        if self.cvpr19:
+            return (_CurrentValueFunction.apply(emb, labels, self.params, "cvpr19"),)
+        if not emb.requires_grad:  # no propagate_down[0]: Caffe computes nothing at all
+            return (self.top_value.to(emb.dtype).clone(),)
+        return (_LaggedRLLFunction.apply(emb, labels, self.top_value, self.params, self._sink),)
+
+    def after_backward(self):
+        if self.cvpr19 or self._sink.value is None:
+            return None
+        self.top_value = self._sink.value
+        self._sink.value = None
+        return [self.top_value]
+
+    def extra_repr(self) -> str:
+        p = self.params
+        return (f"{self.layer_name!r}, negative_threshold={p.negative_threshold:g}, pn_margin={p.pn_margin:g}, "
+                f"T_p={p.scale_p:g}, base_p={p.base_p:g}, T_n={p.scale_n:g}, base_n={p.base_n:g}")
+
+
+@register
+class DistanceWeightedValidPairLossV12CVPR19(DistanceWeightedValidPairLossV12):
+    """The CVPR-era V12 (RLL commit ff2a4de4c, SPEC rll §1.5) under a port-only type string.
+
+    Both eras use the Caffe type "DistanceWeightedValidPairLossV12"; write
+    ``type: "DistanceWeightedValidPairLossV12CVPR19"`` to get the old layer. Its
+    ``contrastive_loss_param_v2`` field 1 (``negative_threshold`` in the new schema, ``margin`` in
+    the old one; default 1.4 when unset) is the margin α. The value is current (computed in forward).
+    """
+
+    type_names = ("DistanceWeightedValidPairLossV12CVPR19",)
+    cvpr19 = True
+
+
+# Solver field (SPEC rll §3.1) -> layer member it anneals, with the fork's proto defaults.
+_ANNEALED = (
+    ("negative_threshold", "negative_threshold", 1.2),
+    ("pn_margin", "pn_margin", 0.4),
+    ("p_temperature", "scale_p", 0.0),
+    ("n_temperature", "scale_n", 10.0),
+)
+
+
+def anneal_toward_solver_targets(layer, solver_param, it: int) -> bool:
+    """SGDSolver::ApplyUpdate's annealing (SPEC rll §3.2), called after the update of iteration
+    ``it`` (0-based, before the increment) when ``layer`` is the net's last layer.
+
+    Moves negative_threshold, pn_margin, T_p, T_n in float32: x <- x - (x - target) /
+    (max_iter - it + 1). base_p/base_n are never annealed. Returns False (and does nothing) when
+    ``layer`` is not a V12 layer (the CVPR-era layer had no solver fields).
+    """
+    if type(layer) is not DistanceWeightedValidPairLossV12:
+        return False
+    steps = f32(int(solver_param.max_iter) - int(it) + 1)
+    updates = {}
+    for solver_field, member, default in _ANNEALED:
+        target = f32(getattr(solver_param, solver_field, default))
+        x = f32(getattr(layer.params, member))
+        updates[member] = float(f32(x - f32(f32(x - target) / steps)))
+    layer.params = replace(layer.params, **updates)
+    return True
