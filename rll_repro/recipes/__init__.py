@@ -1,1 +1,60 @@
-"""recipes"""
+"""Paper settings: generated prototxts + the data that drives ``rll-repro reproduce SETTING``.
+
+>>> from rll_repro import recipes
+>>> recipes.names()            # doctest: +SKIP
+['rll-sop', 'rll-inshop', 'rll-market', 'osm-cars', 'osm-cars-bbox', 'osm-cub', ...]
+>>> s = recipes.get('rll-sop'); s.train.path, s.batch_size, s.deploy('concat').heads
+('prototxt/rll/sop/train.prototxt', 150, ('H', 'L', 'M'))
+
+Modules: :mod:`.settings` (the dataclasses and the registry), :mod:`.rll` and :mod:`.osm_caa` (the
+released configurations), :mod:`.bninception` (the nets), :mod:`.netspec` (the builder),
+:mod:`.generate` (rendering ``prototxt/``). Engineer F's :mod:`.digits` registers ``digits`` when
+present. Importing this package needs the protobuf bindings only when a net is built.
+"""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from .settings import REGISTRY, Deploy, GeneratedFile, Original, Setting, register
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _load() -> None:
+    from . import rll  # noqa: F401  (registers the RLL settings first)
+    from . import osm_caa  # noqa: F401
+    try:
+        importlib.import_module(f"{__name__}.digits")  # registers itself via register()
+    except ModuleNotFoundError as exc:
+        if exc.name != f"{__name__}.digits":
+            raise
+
+
+def get(name: str) -> Setting:
+    """The setting called ``name``; an unknown name raises a one-line error listing the known ones."""
+    _load()
+    if name not in REGISTRY:
+        from rll_repro.errors import RLLReproError
+
+        raise RLLReproError(f"unknown setting {name!r}; known settings: {', '.join(REGISTRY)}")
+    return REGISTRY[name]
+
+
+def names() -> list[str]:
+    _load()
+    return list(REGISTRY)
+
+
+def all_settings() -> list[Setting]:
+    _load()
+    return list(REGISTRY.values())
+
+
+def path(rel: str) -> Path:
+    """Absolute path of a repository-relative path such as ``setting.train.path``."""
+    return REPO_ROOT / rel
+
+
+__all__ = ["Deploy", "GeneratedFile", "Original", "Setting", "all_settings", "get", "names",
+           "path", "register", "REGISTRY"]

@@ -1,0 +1,154 @@
+"""The paper settings as plain data: which prototxts, batch composition, schedule, evaluation.
+
+One :class:`Setting` per configuration the original repositories release (rll SPEC §4, §5, §7;
+osm_caa SPEC §5, §6, §8, §9). ``rll-repro reproduce SETTING`` drives train -> eval -> diff from it.
+Every net and solver is *generated* by :mod:`rll_repro.recipes.bninception` (the originals are
+third-party files and are never copied); ``tools/gen_prototxt.py`` writes them under ``prototxt/``
+and the tests prove each one equal to its original as a protobuf message.
+
+Names used across modules (strings, so this file imports nothing heavy):
+
+- ``sampler``: ``rll_classes_epoch`` (RLL ``get_train_minibatch_ori_aug_v05``/``_v04``: C classes x
+  K images, fresh class permutation per epoch), ``osm_classes_random`` (OSM ``get_train_minibatch``:
+  C random classes x K images every iteration), ``osm_tracklets`` (MARS/LPW: identities x
+  tracklets x frames).
+- ``train_transform``/``test_transform``: the preprocessing variant names used by
+  :mod:`rll_repro.data.transforms` (see the ``TRANSFORM_*`` constants below).
+- ``eval_protocol``: the ``--protocol`` names of ``rll-repro eval`` (sop, inshop, market, cars, cub,
+  mars, lpw).
+- published keys: ``<paper>/<dataset>/<entry>[/<sub-entry>]`` paths into the published-number
+  registry (``rll_repro.eval.published``; the json files of ../shared/reference/*/published.json).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+RLL_REPOSITORY = "XinshaoAmosWang/Ranked-List-Loss-for-DML"
+RLL_COMMIT = "fac7bb98a6d785a1f6e2544d06bd9efe55077079"
+OSM_REPOSITORY = "XinshaoAmosWang/OSM_CAA_WeightedContrastiveLoss"
+OSM_COMMIT = "d9f516ce432b38dfb5755d40926c49bedf22483d"
+
+PRETRAINED_WEIGHTS = "googlenet_bn.caffemodel"
+"""BN-Inception ImageNet weights (``pretrain_model/googlenet_bn.caffemodel`` in both repositories).
+Users supply it; nothing is downloaded. Loaded with ``copy_from`` (by layer name)."""
+
+# Preprocessing variants (rll SPEC §4.3, osm_caa SPEC §5, §9).
+TRANSFORM_RLL_TRAIN = "rll_v04_train"      # resize 256x256, random aspect/scale crop, flip, ->227
+TRANSFORM_RLL_TEST = "rll_v04_test"        # resize 256x256, centre crop 227
+TRANSFORM_MARKET_TRAIN = "market_v03_train"  # bbox crop+15, long side 256, pad 255, flip, crop 227
+TRANSFORM_MARKET_TEST = "market_v03_test"    # same framing, centre crop 227
+TRANSFORM_OSM = "osm_resize224"            # resize 224x224, BGR, mean; no augmentation
+
+SAMPLER_RLL = "rll_classes_epoch"
+SAMPLER_OSM = "osm_classes_random"
+SAMPLER_OSM_VIDEO = "osm_tracklets"
+
+
+@dataclass(frozen=True)
+class Original:
+    """A file of an original repository, named by its path inside the repository at ``commit``."""
+
+    repository: str
+    commit: str
+    path: str
+
+    @property
+    def paper(self) -> str:
+        return "rll" if self.repository == RLL_REPOSITORY else "osm_caa"
+
+    @property
+    def shared_path(self) -> str:
+        """Where the read-only copy lives under ../shared (tests read it there, in place)."""
+        return f"reference/{self.paper}/original/{self.path}"
+
+
+@dataclass(frozen=True)
+class GeneratedFile:
+    """A prototxt under ``prototxt/`` generated from the recipes, and the original it reproduces."""
+
+    path: str                    # relative to the repository root
+    kind: str                    # "train" | "solver" | "deploy"
+    original: Original
+    build: Callable = field(compare=False, repr=False)  # () -> NetParameter | SolverParameter
+    used_by_release: bool = True  # False: an extra the released scripts do not run
+
+
+@dataclass(frozen=True)
+class Deploy:
+    """A test/deploy net and how the original test script used it."""
+
+    name: str                    # e.g. "H", "concat", "LH"; the original file's suffix
+    heads: tuple[str, ...]       # embeddings concatenated into the feature, in order
+    file: GeneratedFile
+    batch_size: int              # forward batch of the original test script
+    checkpoints: tuple[int, ...]  # snapshot iterations the original evaluated with this net
+    published: tuple[str, ...] = ()
+    feature_blob: str = "pool5/7x7_s1"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """Everything ``rll-repro reproduce`` needs to rerun one released configuration."""
+
+    name: str
+    paper: str                   # "rll" | "osm_caa"
+    dataset: str
+    description: str
+    train: GeneratedFile
+    solver: GeneratedFile
+    deploys: tuple[Deploy, ...]
+    classes_per_batch: int       # C
+    images_per_class: int        # K; batch = C x K (asserted equal to the train net's input)
+    sampler: str
+    train_transform: str
+    test_transform: str
+    input_size: int              # crop fed to the net (train and test)
+    max_iter: int                # the MATLAB loop's train_maxiter
+    save_start: int
+    save_interval: int
+    eval_protocol: str
+    recall_ks: tuple[int, ...]
+    data_files: tuple[str, ...]  # the .mat lists the original scripts load (users make them)
+    published: tuple[str, ...]   # headline published-number keys for this setting
+    seed: int = 123              # MATLAB rng(123) and caffe.set_random_seed(123)
+    pretrained_weights: str = PRETRAINED_WEIGHTS
+    tracklets_per_class: int | None = None   # video settings: K = tracklets x frames
+    frames_per_tracklet: int | None = None
+    notes: str = ""
+
+    @property
+    def batch_size(self) -> int:
+        return self.classes_per_batch * self.images_per_class
+
+    @property
+    def snapshot_iters(self) -> tuple[int, ...]:
+        """Iterations at which the original loop saves a snapshot (iter >= start, iter % interval == 0)."""
+        first = -(-self.save_start // self.save_interval) * self.save_interval
+        return tuple(range(first, self.max_iter + 1, self.save_interval))
+
+    def deploy(self, name: str) -> Deploy:
+        for d in self.deploys:
+            if d.name == name:
+                return d
+        raise KeyError(f"setting {self.name} has no deploy {name!r}; "
+                       f"it has {', '.join(d.name for d in self.deploys)}")
+
+    @property
+    def files(self) -> tuple[GeneratedFile, ...]:
+        """Every generated file of this setting (train, solver, deploys), without duplicates."""
+        seen, out = set(), []
+        for f in (self.train, self.solver, *(d.file for d in self.deploys)):
+            if f.path not in seen:
+                seen.add(f.path)
+                out.append(f)
+        return tuple(out)
+
+
+REGISTRY: dict[str, Setting] = {}
+
+
+def register(setting: Setting) -> Setting:
+    """Add ``setting`` to the registry (engineer F's ``recipes/digits.py`` registers ``digits``)."""
+    REGISTRY[setting.name] = setting
+    return setting
