@@ -1,0 +1,274 @@
+"""The OSM+CAA fork's custom layers (SPEC osm §2.1-2.6): ``DistanceWeightedValidPairLossV5`` (online
+soft mining + class-aware attention weighted contrastive loss), ``ExtractProb``, ``Gaussian`` and
+``WeightedSoftmaxWithLoss``. All are CPU-only C++ in Caffe (sequential float32); the ports compute in
+float64 and round where Caffe stores a float (see _pairwise).
+
+V5, rules matched on purpose (pairs i < j, P = N(N-1)/2, m = contrastive_loss_param.margin):
+
+- the value is the **unweighted** contrastive loss ``1/(2P) sum [y d^2 + (1-y) max(m - d, 0)^2]``
+  of the current batch (computed in forward, not lagged);
+- gradient of pair p (BVLC ContrastiveLoss backward with alpha = top_diff / P, the **surviving
+  1/P**): positives ``alpha (f_i - f_j)``; negatives with m - d > 0 ``-alpha (m - d) / (d + 1e-4)
+  (f_i - f_j)`` (the 1e-4 in the denominator), others 0; the endpoint j gets the opposite;
+- OSM weight: positives the Gaussian **pdf** N(d; mean, sigma) of ``gaussian_param`` (not the
+  poster's exp(-d^2/sigma^2)), negatives max(0, m - d); CAA pair score c_p = min(s_i, s_j);
+  w_p = 0.5 raw_p c_p / S with S+ / S- the sums over the positive / negative set plus 1e-12
+  (an empty set gives weights 0, no NaN);
+- labels and scores get no gradient (Caffe: fatal); duplicates give a zero gradient.
+
+ExtractProb, Gaussian and the weights of WeightedSoftmaxWithLoss have no backward in Caffe: their
+outputs are constants here (propagate_down 0 in every released net).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from rll_repro.errors import DataError
+from rll_repro.layers._pairwise import F64, apply_pair_coefficients, labels_equal, pair_distances, rounder
+from rll_repro.layers._util import canonical_axis, check_bottoms, check_tops, count, fail, has
+from rll_repro.layers.base import Layer
+from rll_repro.layers.registry import register
+
+f32 = np.float32
+FLT_MIN = float(np.finfo(np.float32).tiny)
+EPS_SET = 1e-12  # added to S+ and S-
+EPS_NEG = float(f32(1e-4))  # Dtype(1e-4) in the negative-pair denominator
+
+
+def gaussian_pdf(x: torch.Tensor, mean: float, sigma: float) -> torch.Tensor:
+    """The fork's Gaussian: (1/sqrt(2 pi sigma^2)) exp(-0.5 ((x - mean)/sigma)^2), elementwise.
+
+    Float32 input follows SPEC osm §2.3: (x - mean)/sigma in float, the exponent in double rounded
+    to float, the divider sqrt(2 pi sigma^2) in double rounded to float, its reciprocal in float,
+    the product with exp in double rounded to float. Float64 input: plain float64.
+    """
+    return _gaussian_pdf64(x.to(F64), mean, sigma, x.dtype).to(x.dtype)
+
+
+def _gaussian_pdf64(x64: torch.Tensor, mean: float, sigma: float, dtype: torch.dtype) -> torch.Tensor:
+    """gaussian_pdf on a float64 tensor holding ``dtype`` values (float64 result)."""
+    r = rounder(dtype)
+    mean, sigma = float(f32(mean)), float(f32(sigma))
+    divider = math.sqrt(2 * math.pi * sigma * sigma)
+    inv_divider = float(f32(1) / f32(divider)) if dtype == torch.float32 else 1.0 / divider
+    q = r(r(x64 - mean) / sigma)
+    return r(inv_divider * torch.exp(r(-0.5 * q * q)))
+
+
+def osm_caa_value_and_grad(emb: torch.Tensor, labels: torch.Tensor, scores: torch.Tensor, margin: float = 1.2,
+                           sigma: float = 0.8, mean: float = 0.0, top_diff: float | torch.Tensor = 1.0,
+                           need_grad: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(value, gradient) of DistanceWeightedValidPairLossV5 for embeddings (N, D...), labels (N...)
+    and CAA scores s (N...), in ``emb.dtype``; the gradient is Caffe's bottom diff for ``top_diff``."""
+    n = emb.shape[0]
+    p = n * (n - 1) // 2
+    r = rounder(emb.dtype)
+    margin = float(f32(margin))
+    with torch.no_grad():
+        f = emb.reshape(n, -1).to(F64)
+        d2, d, dup = pair_distances(f, r)
+        same = labels_equal(labels)
+        upper = torch.ones(n, n, dtype=torch.bool, device=emb.device).triu_(1)
+        mdist = r(margin - d)
+        hinge = mdist.clamp_min(0.0)
+        terms = torch.where(same, d2, r(hinge * hinge))
+        value = r(r(terms[upper].sum() / p) / 2)
+        if not need_grad:
+            return value.to(emb.dtype), None
+        lam = float(top_diff) if not torch.is_tensor(top_diff) else float(top_diff.detach().reshape(()))
+        alpha = float(r(torch.tensor(lam / p, dtype=F64)))
+        beta = torch.where(mdist > 0, r(r(-alpha * mdist) / r(d + EPS_NEG)), 0.0)
+        coef = torch.where(same, alpha, beta)
+        s = scores.reshape(-1).to(F64)
+        caa = torch.minimum(s[:, None], s[None, :])
+        raw = torch.where(same, _gaussian_pdf64(d, mean, sigma, emb.dtype), hinge)
+        rc = r(raw * caa)
+        pos, neg = same & upper, ~same & upper
+        s_pos = r(r(rc[pos].sum()) + EPS_SET)
+        s_neg = r(r(rc[neg].sum()) + EPS_SET)
+        w = r(0.5 * rc / torch.where(same, s_pos, s_neg))
+        a = (w * coef).masked_fill_(dup, 0.0)
+        a.fill_diagonal_(0.0)
+        grad = r(apply_pair_coefficients(f, a))
+    return value.to(emb.dtype), grad.to(emb.dtype).reshape(emb.shape)
+
+
+class OSMCAAFunction(torch.autograd.Function):
+    """V5 value of the current batch; backward = Caffe's gradient times the incoming grad (λ)."""
+
+    @staticmethod
+    def forward(ctx, emb, labels, scores, margin, sigma, mean):
+        value, grad = osm_caa_value_and_grad(emb, labels, scores, margin, sigma, mean, 1.0, need_grad=emb.requires_grad)
+        ctx.save_for_backward(grad if grad is not None else torch.empty(0))
+        return value
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (grad,) = ctx.saved_tensors
+        return grad * grad_out, None, None, None, None, None
+
+
+def osm_caa_loss(emb, labels, scores, margin=1.2, sigma=0.8, mean=0.0) -> torch.Tensor:
+    """DistanceWeightedValidPairLossV5 as a differentiable scalar (gradient only to ``emb``)."""
+    return OSMCAAFunction.apply(emb, labels, scores, float(margin), float(sigma), float(mean))
+
+
+def _no_backward_to(param, indices, what):
+    for i in indices:
+        if len(param.propagate_down) > i and param.propagate_down[i]:
+            raise fail(param, f"cannot backpropagate to {what} (propagate_down[{i}] must be 0; Caffe: fatal)")
+
+
+@register
+class DistanceWeightedValidPairLossV5(Layer):
+    type_names = ("DistanceWeightedValidPairLossV5",)
+    is_loss = True
+
+    def __init__(self, param, bottom_shapes, ctx):
+        super().__init__(param, bottom_shapes, ctx)
+        check_bottoms(param, bottom_shapes, 3)
+        check_tops(param, 1)
+        _no_backward_to(param, (1, 2), "the labels or the attention scores")
+        self.margin = float(f32(param.contrastive_loss_param.margin))
+        self.sigma = float(f32(param.gaussian_param.sigma))
+        self.mean = float(f32(param.gaussian_param.mean))
+        self.reshape(bottom_shapes)
+
+    def reshape(self, bottom_shapes):
+        feat = tuple(bottom_shapes[0])
+        if len(feat) < 1 or feat[0] < 2:
+            raise fail(self.param, f"needs at least 2 samples to form a pair, bottom 0 has shape {feat}")
+        for i, what in ((1, "labels"), (2, "attention scores")):
+            if count(bottom_shapes[i]) != feat[0]:
+                raise fail(self.param, f"bottom {i} ({what}) has {count(bottom_shapes[i])} values for {feat[0]} samples")
+        return [()]
+
+    def forward(self, emb, labels, scores):
+        return (osm_caa_loss(emb, labels, scores, self.margin, self.sigma, self.mean),)
+
+    def extra_repr(self) -> str:
+        return f"{self.layer_name!r}, margin={self.margin:g}, sigma={self.sigma:g}, mean={self.mean:g}"
+
+
+@register
+class Gaussian(Layer):
+    """y = Gaussian pdf of x with ``gaussian_param`` {sigma (0.18), mean (0.5)}; no backward."""
+
+    type_names = ("Gaussian",)
+
+    def __init__(self, param, bottom_shapes, ctx):
+        super().__init__(param, bottom_shapes, ctx)
+        check_bottoms(param, bottom_shapes, 1)
+        check_tops(param, 1)
+        _no_backward_to(param, (0,), "the input of Gaussian")
+        self.sigma = float(f32(param.gaussian_param.sigma))
+        self.mean = float(f32(param.gaussian_param.mean))
+
+    def reshape(self, bottom_shapes):
+        return [tuple(bottom_shapes[0])]
+
+    def forward(self, x):
+        return (gaussian_pdf(x.detach(), self.mean, self.sigma),)
+
+
+@register
+class ExtractProb(Layer):
+    """top[n, 0, ...] = prob[n, int(label_n), ...] (0-based); optional top 1 = max_n top[n, 0, 0]
+    (shape (1,)); no backward. A label outside [0, C) is a DataError (Caffe reads out of bounds)."""
+
+    type_names = ("ExtractProb",)
+
+    def __init__(self, param, bottom_shapes, ctx):
+        super().__init__(param, bottom_shapes, ctx)
+        check_bottoms(param, bottom_shapes, 2)
+        check_tops(param, 1, 2)
+        _no_backward_to(param, (0, 1), "the probabilities or the labels of ExtractProb")
+        self.reshape(bottom_shapes)
+
+    def reshape(self, bottom_shapes):
+        prob, label = tuple(bottom_shapes[0]), tuple(bottom_shapes[1])
+        if len(prob) < 2:
+            raise fail(self.param, f"bottom 0 must be N x C (x ...), got shape {prob}")
+        if count(label) != prob[0]:
+            raise fail(self.param, f"bottom 1 (labels) has {count(label)} values for {prob[0]} samples")
+        tops = [(prob[0], 1) + prob[2:]]
+        if len(self.param.top) > 1:
+            tops.append((1,))
+        return tops
+
+    def forward(self, prob, labels):
+        prob = prob.detach()
+        idx = labels.detach().reshape(-1).to(torch.int64)  # Caffe: static_cast<int>
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= prob.shape[1]):
+            raise DataError(f"layer {self.layer_name!r} (ExtractProb): label out of range [0, {prob.shape[1]})")
+        flat = prob.reshape(prob.shape[0], prob.shape[1], -1)
+        top = flat[torch.arange(prob.shape[0]), idx].reshape((prob.shape[0], 1) + tuple(prob.shape[2:]))
+        if len(self.param.top) > 1:
+            return top, top.reshape(prob.shape[0], -1)[:, 0].max().reshape(1)
+        return (top,)
+
+
+class WeightedSoftmaxFunction(torch.autograd.Function):
+    """-sum_k w_k log(max(q_k,l_k, FLT_MIN)) (no normalisation); grad t w_k (q_k - onehot)."""
+
+    @staticmethod
+    def forward(ctx, logits, labels, weights, axis, ignore_label):
+        r = rounder(logits.dtype)
+        z = logits.to(F64).movedim(axis, -1)
+        shape = z.shape
+        z = z.reshape(-1, shape[-1])
+        q = r(torch.softmax(z, dim=1))
+        lab = labels.detach().reshape(-1).to(torch.int64)
+        w = weights.detach().reshape(-1).to(F64)
+        if lab.numel() != z.shape[0] or w.numel() != z.shape[0]:
+            raise DataError(f"WeightedSoftmaxWithLoss: {z.shape[0]} predictions, {lab.numel()} labels, {w.numel()} weights")
+        valid = lab != ignore_label if ignore_label is not None else torch.ones_like(lab, dtype=torch.bool)
+        if bool(((lab[valid] < 0) | (lab[valid] >= shape[-1])).any()):
+            raise DataError(f"WeightedSoftmaxWithLoss: label out of range [0, {shape[-1]})")
+        safe = torch.where(valid, lab, 0)
+        q_true = q.gather(1, safe[:, None])[:, 0]
+        terms = torch.where(valid, w * r(torch.log(q_true.clamp_min(FLT_MIN))), 0.0)
+        value = r(-terms.sum())
+        onehot = torch.zeros_like(q).scatter_(1, safe[:, None], 1.0)
+        grad = torch.where(valid[:, None], r(r(q - onehot) * w[:, None]), 0.0)
+        ctx.save_for_backward(grad.reshape(shape).movedim(-1, axis).to(logits.dtype))
+        return value.to(logits.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (grad,) = ctx.saved_tensors
+        return grad * grad_out, None, None, None, None
+
+
+@register
+class WeightedSoftmaxWithLoss(Layer):
+    """Softmax over ``softmax_param.axis`` (1), loss -sum_k w_k log(max(q, FLT_MIN)) without any
+    normalisation (``loss_param.normalization`` is ignored, as in the fork), ``ignore_label``
+    honoured; gradient only to the logits (SPEC osm §2.6). Weights: one per prediction."""
+
+    type_names = ("WeightedSoftmaxWithLoss",)
+    is_loss = True
+
+    def __init__(self, param, bottom_shapes, ctx):
+        super().__init__(param, bottom_shapes, ctx)
+        check_bottoms(param, bottom_shapes, 3)
+        check_tops(param, 1)
+        _no_backward_to(param, (1, 2), "the labels or the weights")
+        self.axis = canonical_axis(param, param.softmax_param.axis, len(bottom_shapes[0]))
+        lp = param.loss_param
+        self.ignore_label = int(lp.ignore_label) if has(lp, "ignore_label") else None
+        self.reshape(bottom_shapes)
+
+    def reshape(self, bottom_shapes):
+        logits = tuple(bottom_shapes[0])
+        predictions = count(logits) // max(logits[self.axis], 1)
+        for i, what in ((1, "labels"), (2, "weights")):
+            if count(bottom_shapes[i]) != predictions:
+                raise fail(self.param, f"bottom {i} ({what}) has {count(bottom_shapes[i])} values for {predictions} predictions")
+        return [()]
+
+    def forward(self, logits, labels, weights):
+        return (WeightedSoftmaxFunction.apply(logits, labels, weights, self.axis, self.ignore_label),)
