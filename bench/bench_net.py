@@ -1,0 +1,211 @@
+"""Speed of the generic net builder vs a plain PyTorch module of the same architecture.
+
+The BN-Inception SOP train net (../shared/reference/rll/original/SOP_Simp_25042020/150_T10_pn04_v50/
+train.prototxt, read in place) runs forward+backward at 227 px. The "plain" module is straight-line
+PyTorch code generated from the same prototxt the way one would write it by hand: nn.Conv2d-style
+F.conv2d, BatchNorm+Scale fused into one F.batch_norm with affine weights, in-place ReLU, ceil-mode
+pooling, torch.cat, F.linear, L2 normalisation; its loss is a plain squared-hinge contrastive loss on
+the three embeddings (the port runs the RLL loss layers; at batch 32 the loss is < 1% of the time).
+
+    .venv/bin/python bench/bench_net.py [--batch 32] [--iters 3] [--threads 2] [--channels-last]
+
+Prints images/s for: Net.forward_backward (with and without keeping every blob diff), the plain module,
+and both in channels_last memory format. Timings on a shared 2-core machine are noisy.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+PROTOTXT = REPO.parent / "shared/reference/rll/original/SOP_Simp_25042020/150_T10_pn04_v50/train.prototxt"
+
+
+def plain_source(net_param) -> str:
+    """Python source of a straight-line nn.Module for a BN-Inception-style train prototxt."""
+    from rll_repro.net import filter_layers, legacy_input_layer
+
+    layers = filter_layers(net_param, 0, 0, [])
+    init, body = [], []
+    var = {}  # blob name -> python variable
+
+    def v(name):
+        return var[name]
+
+    counter = [0]
+
+    def new(name):
+        counter[0] += 1
+        var[name] = f"x{counter[0]}"
+        return var[name]
+
+    inputs = list(net_param.input) or [t for lp in layers if lp.type == "Input" for t in lp.top]
+    for name in inputs:
+        var[name] = name.replace("/", "_")
+    pending_bn = {}
+    embeddings = []
+    i = 0
+    while i < len(layers):
+        lp = layers[i]
+        t, b = lp.type, list(lp.bottom)
+        attr = f"p{i}"
+        if t == "Input":
+            pass
+        elif t == "Convolution":
+            p = lp.convolution_param
+            k = p.kernel_size[0] if len(p.kernel_size) else p.kernel_h
+            s = p.stride[0] if len(p.stride) else 1
+            pad = p.pad[0] if len(p.pad) else 0
+            init.append(f"self.{attr} = nn.Conv2d({{c[{b[0]!r}]}}, {p.num_output}, {k}, {s}, {pad}, bias={bool(p.bias_term)})")
+            body.append(f"{new(lp.top[0])} = self.{attr}({v(b[0])})")
+        elif t == "BatchNorm":
+            nxt = layers[i + 1]
+            assert nxt.type == "Scale" and nxt.bottom[0] == lp.top[0]
+            init.append(f"self.{attr} = nn.BatchNorm2d({{c[{b[0]!r}]}}, eps={lp.batch_norm_param.eps}, momentum=0.001)")
+            src = v(b[0])
+            dim = "{d[" + repr(b[0]) + "]}"
+            body.append(f"{new(nxt.top[0])} = self.{attr}({src}) if {src}.dim() == 4 else self.{attr}({src}[:, :, None, None]).flatten(1)")
+            i += 2
+            continue
+        elif t == "ReLU":
+            body.append(f"{new(lp.top[0])} = F.relu({v(b[0])}, inplace=True)")
+        elif t == "Pooling":
+            p = lp.pooling_param
+            fn = "F.max_pool2d" if p.pool == 0 else "F.avg_pool2d"
+            extra = "ceil_mode=True" if p.pool == 0 else "ceil_mode=True, count_include_pad=True"
+            body.append(f"{new(lp.top[0])} = {fn}({v(b[0])}, {p.kernel_size}, {p.stride}, {p.pad}, {extra})")
+        elif t == "Concat":
+            body.append(f"{new(lp.top[0])} = torch.cat([{', '.join(v(x) for x in b)}], 1)")
+        elif t == "InnerProduct":
+            p = lp.inner_product_param
+            init.append(f"self.{attr} = nn.Linear({{k[{b[0]!r}]}}, {p.num_output}, bias={bool(p.bias_term)})")
+            body.append(f"{new(lp.top[0])} = self.{attr}({v(b[0])}.flatten(1))")
+        elif t == "Dropout":
+            var[lp.top[0]] = v(b[0])
+        elif t == "Reshape":
+            var[lp.top[0]] = v(b[0])
+        elif t == "Normalization":
+            body.append(f"{new(lp.top[0])} = {v(b[0])} / {v(b[0])}.pow(2).sum(1, keepdim=True).sqrt()")
+        elif t.startswith("DistanceWeighted"):
+            embeddings.append(v(b[0]))
+        else:
+            raise ValueError(f"plain generator does not know {t}")
+        i += 1
+    src = ["class Plain(nn.Module):", "    def __init__(self):", "        super().__init__()"]
+    src += ["        " + line for line in init]
+    src += [f"    def forward(self, {', '.join(var[n] for n in inputs)}):"]
+    src += ["        " + line for line in body]
+    src += [f"        return [{', '.join(embeddings)}]"]
+    return "\n".join(src)
+
+
+def build_plain(net, net_param):
+    shapes = net.blob_shapes
+    chans = {n: s[1] for n, s in shapes.items() if len(s) > 1}
+    ks = {n: int(np.prod(s[1:])) for n, s in shapes.items()}
+    code = plain_source(net_param)
+    code = code.replace("{c[", "{chans[").replace("{k[", "{ks[")
+    filled = []
+    for line in code.splitlines():
+        if "{chans[" in line or "{ks[" in line:
+            line = eval("f" + repr(line), {"chans": chans, "ks": ks})
+        filled.append(line)
+    scope = {"nn": nn, "F": F, "torch": torch}
+    exec("\n".join(filled), scope)
+    return scope["Plain"]()
+
+
+def plain_loss(embeddings, labels):
+    total = 0.0
+    same = labels[:, None] == labels[None, :]
+    for e in embeddings:
+        d = torch.cdist(e, e)
+        total = total + torch.where(same, d.pow(2), F.relu(1.2 - d).pow(2)).sum() / 2
+    return total
+
+
+def timed(fn, iters):
+    fn()  # warm-up
+    start = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    return (time.perf_counter() - start) / iters
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--size", type=int, default=227)
+    parser.add_argument("--iters", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--prototxt", default=str(PROTOTXT))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    from rll_repro.caffe.io import read_net_prototxt
+    from rll_repro.net import Net
+
+    if not Path(args.prototxt).exists():
+        print(f"skipped: {args.prototxt} not found (../shared is needed)")
+        return 0
+    net_param = read_net_prototxt(args.prototxt)
+    net = Net(net_param, phase="train", seed=0)
+    gen = torch.Generator().manual_seed(0)
+    data = torch.randn(args.batch, 3, args.size, args.size, generator=gen).numpy()
+    label = np.repeat(np.arange(args.batch // 4 + 1), 4)[: args.batch].astype(np.float32).reshape(-1, 1, 1, 1)
+    net.blobs["data"].reshape(*data.shape)
+    net.blobs["label"].reshape(*label.shape)
+    net.reshape()
+    net.blobs["data"].data[...] = data
+    net.blobs["label"].data[...] = label
+
+    def run_net():
+        net.clear_param_diffs()
+        net.forward_backward()
+
+    plain = build_plain(net, net_param)
+    x = torch.from_numpy(data)
+    y = torch.from_numpy(label.ravel())
+
+    def run_plain(model=plain, inp=x):
+        model.zero_grad(set_to_none=False)
+        loss = plain_loss(model(inp, y), y)
+        loss.backward()
+
+    rows = []
+    t_net = timed(run_net, args.iters)
+    rows.append(("Net.forward_backward (all blob diffs kept)", t_net))
+    net.keep_blob_diffs = False
+    t_net2 = timed(run_net, args.iters)
+    rows.append(("Net.forward_backward (blob diffs not kept)", t_net2))
+    net.keep_blob_diffs = True
+    t_plain = timed(run_plain, args.iters)
+    rows.append(("plain PyTorch module", t_plain))
+    plain_cl = plain.to(memory_format=torch.channels_last)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    rows.append(("plain PyTorch module, channels_last", timed(lambda: run_plain(plain_cl, x_cl), args.iters)))
+    net.blobs["data"].data  # noqa: B018
+    for p in net.learnable_params:
+        if p.dim() == 4:
+            p.data = p.data.contiguous(memory_format=torch.channels_last)
+            p.grad = p.grad.contiguous(memory_format=torch.channels_last)
+    net._data["data"] = net._data["data"].contiguous(memory_format=torch.channels_last)
+    rows.append(("Net.forward_backward, channels_last", timed(run_net, args.iters)))
+
+    print(f"BN-Inception SOP train net, batch {args.batch} at {args.size} px, {args.threads} thread(s), "
+          f"{args.iters} timed iterations after one warm-up")
+    print(f"{'variant':48s} {'s/iter':>8s} {'images/s':>9s} {'vs plain':>9s}")
+    for name, t in rows:
+        print(f"{name:48s} {t:8.3f} {args.batch / t:9.2f} {t / t_plain:8.3f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,75 @@
+"""Small helpers shared by the layer ports: Caffe's axis/count rules and one-line build errors."""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+from rll_repro.errors import NetError
+
+Shape = tuple[int, ...]
+
+
+def fail(param, message: str) -> NetError:
+    """A NetError naming the layer (name and type) and what is wrong with it."""
+    return NetError(f"layer {param.name!r} (type {param.type}): {message}")
+
+
+def count(shape: Sequence[int], start: int = 0, end: int | None = None) -> int:
+    """Caffe's Blob::count(start, end): the product of the dims in [start, end)."""
+    return int(math.prod(shape[start:end]))
+
+
+def canonical_axis(param, axis: int, num_axes: int, allow_end: bool = False) -> int:
+    """Caffe's Blob::CanonicalAxisIndex: negative axes count from the end; out of range is an error."""
+    limit = num_axes + 1 if allow_end else num_axes
+    if not -num_axes <= axis < limit:
+        raise fail(param, f"axis {axis} out of range for a {num_axes}-axis blob")
+    return axis + num_axes if axis < 0 else axis
+
+
+def sub_param(param, field: str):
+    """``param.<field>`` (the default message when unset), tolerating schemas that lack the field."""
+    return getattr(param, field, None)
+
+
+def has(message, field: str) -> bool:
+    """proto2 HasField that is False (not an exception) for fields the schema does not define."""
+    try:
+        return message.HasField(field)
+    except ValueError:
+        return False
+
+
+def check_bottoms(param, bottom_shapes, n_min: int, n_max: int | None = None) -> None:
+    n_max = n_min if n_max is None else n_max
+    n = len(bottom_shapes)
+    if not n_min <= n <= n_max:
+        want = str(n_min) if n_min == n_max else f"{n_min}..{n_max}"
+        raise fail(param, f"needs {want} bottom blob(s), got {n}")
+
+
+def check_tops(param, n_min: int, n_max: int | None = None) -> None:
+    n_max = n_min if n_max is None else n_max
+    n = len(param.top)
+    if not n_min <= n <= n_max:
+        want = str(n_min) if n_min == n_max else f"{n_min}..{n_max}"
+        raise fail(param, f"needs {want} top blob(s), got {n}")
+
+
+def spatial_values(param, repeated, single_h, single_w, has_h: bool, name: str, default: int | None, n: int = 2):
+    """Caffe's kernel_size/pad/stride resolution: `x_h`/`x_w` if given, else the repeated field
+    (one value for all spatial axes or one per axis), else the default."""
+    if has_h:
+        if len(repeated):
+            raise fail(param, f"either {name} or {name}_h/{name}_w may be given, not both")
+        return [int(single_h), int(single_w)]
+    values = [int(v) for v in repeated]
+    if not values:
+        if default is None:
+            raise fail(param, f"{name} is required")
+        return [default] * n
+    if len(values) == 1:
+        return values * n
+    if len(values) != n:
+        raise fail(param, f"{name} must be given once or {n} times, got {len(values)}")
+    return values

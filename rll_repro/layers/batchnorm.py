@@ -1,0 +1,92 @@
+"""BatchNorm (Caffe's BatchNormLayer; RLL SPEC §2.2, OSM SPEC §3).
+
+- Three blobs: [0] running mean sum M (C), [1] running variance sum V (C), [2] scale factor s (1),
+  all 0 when not loaded. Normalises per channel (axis 1) over N×H×W; no affine part (a Scale follows).
+- ``use_global_stats`` defaults to (phase == TEST).
+- TRAIN: μ, σ² = mean and biased variance over m = N·H·W; y = (x − μ)/sqrt(σ² + eps). Every forward
+  updates s ← λ·s + 1, M ← λ·M + μ, V ← λ·V + (m/(m−1))·σ² (factor 1 if m = 1), λ =
+  ``moving_average_fraction`` (0.999); the update uses σ² before eps is added.
+- TEST / global stats: μ = M/s, σ² = V/s with 1/s taken as 0 when s == 0.
+- Backward: the BN input gradient (autograd of the formula above, which is Caffe's
+  (g − mean(g) − mean(g·ŷ)·ŷ)/sqrt(σ²+eps), or g/sqrt(σ²+eps) with global stats). Caffe never writes
+  a gradient to the three blobs: their diff stays 0.
+- Solver view of the blobs depends on the fork (``ctx.dialect.bn_blobs_learnable``): the RLL fork leaves
+  them ordinary params (lr_mult 1, decay_mult 1 unless the prototxt says otherwise), BVLC/OSM force
+  lr_mult 0 (a non-zero lr_mult in the prototxt is an error there, as in BVLC).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rll_repro.layers._util import check_bottoms, check_tops, count, fail, has
+from rll_repro.layers.base import Layer
+from rll_repro.layers.registry import register
+
+
+@register
+class BatchNorm(Layer):
+    type_names = ("BatchNorm",)
+
+    def __init__(self, param, bottom_shapes, ctx):
+        super().__init__(param, bottom_shapes, ctx)
+        check_bottoms(param, bottom_shapes, 1)
+        check_tops(param, 1)
+        p = param.batch_norm_param
+        shape = bottom_shapes[0]
+        if len(shape) < 1:
+            raise fail(param, "bottom must have at least one axis")
+        self.use_global_stats = bool(p.use_global_stats) if has(p, "use_global_stats") else ctx.phase == "test"
+        self.moving_average_fraction = float(p.moving_average_fraction)
+        self.eps = float(p.eps)
+        self.channels = shape[1] if len(shape) > 1 else 1
+        for blob_shape in ((self.channels,), (self.channels,), (1,)):
+            self.blobs.append(nn.Parameter(torch.zeros(blob_shape, dtype=torch.float32), requires_grad=False))
+        if not ctx.dialect.bn_blobs_learnable:
+            for i, spec in enumerate(param.param[:3]):
+                if spec.lr_mult != 0:
+                    raise fail(param, f"param {i} has lr_mult {spec.lr_mult}: batch normalization statistics cannot be learned (this fork forces lr_mult 0)")
+
+    def param_spec_overrides(self):
+        if self.ctx.dialect.bn_blobs_learnable:
+            return None
+        return [{"lr_mult": 0.0}] * 3
+
+    def reshape(self, bottom_shapes):
+        shape = bottom_shapes[0]
+        channels = shape[1] if len(shape) > 1 else 1
+        if channels != self.channels:
+            raise fail(self.param, f"bottom has {channels} channels, the layer was built for {self.channels}")
+        return [tuple(shape)]
+
+    def forward(self, x):
+        shape = x.shape
+        x4 = x.reshape(shape[0], self.channels, -1) if x.dim() != 4 else x
+        if x4.dim() == 3:
+            x4 = x4.unsqueeze(-1)
+        mean_sum, var_sum, factor = self.blobs[0], self.blobs[1], self.blobs[2]
+        if self.use_global_stats:
+            with torch.no_grad():
+                s = factor.detach()[0]
+                scale = torch.where(s == 0, torch.zeros_like(s), 1.0 / s)
+                mean = mean_sum.detach() * scale
+                var = var_sum.detach() * scale
+            y = F.batch_norm(x4, mean, var, None, None, False, 0.0, self.eps)
+            return (y.reshape(shape),)
+        m = count(x4.shape) // self.channels
+        if m > 1:
+            batch_mean = torch.zeros(self.channels, dtype=x.dtype)
+            batch_var = torch.zeros(self.channels, dtype=x.dtype)
+            # momentum 1 makes the "running" buffers exactly the batch mean and the unbiased variance.
+            y = F.batch_norm(x4, batch_mean, batch_var, None, None, True, 1.0, self.eps)
+        else:
+            batch_mean = x4.detach().mean(dim=(0, 2, 3))
+            batch_var = torch.zeros_like(batch_mean)
+            y = (x4 - x4.mean(dim=(0, 2, 3), keepdim=True)) * (self.eps ** -0.5)
+        with torch.no_grad():
+            lam = self.moving_average_fraction
+            factor.mul_(lam).add_(1.0)
+            mean_sum.mul_(lam).add_(batch_mean)
+            var_sum.mul_(lam).add_(batch_var)
+        return (y.reshape(shape),)

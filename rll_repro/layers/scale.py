@@ -1,0 +1,112 @@
+"""Scale and Bias (Caffe's ScaleLayer / BiasLayer).
+
+Scale: y = γ ⊙ x (+ β), γ broadcast over the axes [axis, axis + num_axes) of x (``axis`` 1,
+``num_axes`` 1 by default; num_axes −1 = all remaining axes, 0 = a scalar). With one bottom γ is
+blob [0] (``filler``, default constant 1) and β, when ``bias_term``, is blob [1] (``bias_filler``,
+default constant 0). With two bottoms γ is bottom 1 (its shape fixes the broadcast axes) and β,
+if any, is blob [0]. Bias: y = x + b with the same broadcasting rules.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from rll_repro.layers._util import canonical_axis, check_bottoms, check_tops, fail, has
+from rll_repro.layers.base import Layer
+from rll_repro.layers.fillers import fill
+from rll_repro.layers.registry import register
+
+
+def _broadcast_shape(param, bottom_shape, axis_field, num_axes, operand_shape=None):
+    """(axis, operand shape) of the broadcast operand for this bottom shape (Caffe's Scale rules)."""
+    ndim = len(bottom_shape)
+    if operand_shape is not None:
+        num_axes = len(operand_shape)
+        axis = canonical_axis(param, axis_field, ndim, allow_end=num_axes == 0) if ndim else 0
+        want = tuple(bottom_shape[axis:axis + num_axes])
+        if want != tuple(operand_shape):
+            raise fail(param, f"bottom 1 shape {tuple(operand_shape)} does not match bottom 0 shape {tuple(bottom_shape)} at axis {axis}")
+        return axis, want
+    axis = canonical_axis(param, axis_field, ndim, allow_end=num_axes == 0) if ndim else 0
+    if num_axes < -1:
+        raise fail(param, f"num_axes must be non-negative or -1, got {num_axes}")
+    end = ndim if num_axes == -1 else axis + num_axes
+    if end > ndim:
+        raise fail(param, f"axis {axis} + num_axes {num_axes} exceeds the {ndim} axes of the bottom")
+    return axis, tuple(bottom_shape[axis:end])
+
+
+def _view(t, axis, ndim):
+    """``t`` shaped for broadcasting against an ``ndim``-axis blob starting at ``axis``."""
+    return t.reshape(t.shape + (1,) * (ndim - axis - t.dim()))
+
+
+@register
+class Scale(Layer):
+    type_names = ("Scale",)
+
+    def __init__(self, param, bottom_shapes, ctx):
+        super().__init__(param, bottom_shapes, ctx)
+        check_bottoms(param, bottom_shapes, 1, 2)
+        check_tops(param, 1)
+        p = param.scale_param
+        self.two_bottoms = len(bottom_shapes) == 2
+        where = f"layer {param.name!r}"
+        if self.two_bottoms:
+            self.axis, shape = _broadcast_shape(param, bottom_shapes[0], p.axis, 0, bottom_shapes[1])
+        else:
+            self.axis, shape = _broadcast_shape(param, bottom_shapes[0], p.axis, p.num_axes)
+            filler = p.filler if has(p, "filler") else None
+            if filler is None:
+                gamma = torch.ones(shape, dtype=torch.float32)
+            else:
+                gamma = fill(filler, shape, ctx.generator, where)
+            self.blobs.append(nn.Parameter(gamma))
+        self.operand_shape = shape
+        self.bias_term = bool(p.bias_term)
+        if self.bias_term:
+            self.bias_index = len(self.blobs)
+            self.blobs.append(nn.Parameter(fill(p.bias_filler if has(p, "bias_filler") else None, shape, ctx.generator, where)))
+
+    def reshape(self, bottom_shapes):
+        p = self.param.scale_param
+        if self.two_bottoms:
+            _, shape = _broadcast_shape(self.param, bottom_shapes[0], p.axis, 0, bottom_shapes[1])
+        else:
+            _, shape = _broadcast_shape(self.param, bottom_shapes[0], p.axis, p.num_axes)
+        if shape != self.operand_shape:
+            raise fail(self.param, f"bottom shape {tuple(bottom_shapes[0])} needs a scale of shape {shape}, the layer has {self.operand_shape}")
+        return [tuple(bottom_shapes[0])]
+
+    def forward(self, x, *rest):
+        ndim = x.dim()
+        gamma = rest[0] if self.two_bottoms else self.blobs[0]
+        y = x * _view(gamma, self.axis, ndim)
+        if self.bias_term:
+            y = y + _view(self.blobs[self.bias_index], self.axis, ndim)
+        return (y,)
+
+
+@register
+class Bias(Layer):
+    type_names = ("Bias",)
+
+    def __init__(self, param, bottom_shapes, ctx):
+        super().__init__(param, bottom_shapes, ctx)
+        check_bottoms(param, bottom_shapes, 1, 2)
+        check_tops(param, 1)
+        p = param.bias_param
+        self.two_bottoms = len(bottom_shapes) == 2
+        if self.two_bottoms:
+            self.axis, shape = _broadcast_shape(param, bottom_shapes[0], p.axis, 0, bottom_shapes[1])
+        else:
+            self.axis, shape = _broadcast_shape(param, bottom_shapes[0], p.axis, p.num_axes)
+            self.blobs.append(nn.Parameter(fill(p.filler if has(p, "filler") else None, shape, ctx.generator, f"layer {param.name!r}")))
+        self.operand_shape = shape
+
+    def reshape(self, bottom_shapes):
+        return [tuple(bottom_shapes[0])]
+
+    def forward(self, x, *rest):
+        b = rest[0] if self.two_bottoms else self.blobs[0]
+        return (x + _view(b, self.axis, x.dim()),)
