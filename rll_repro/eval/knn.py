@@ -1,0 +1,221 @@
+"""Blocked similarity search with MATLAB's ranking rules, in bounded memory.
+
+The original test scripts (SPEC rll §5, osm_caa §6) L2-normalise features with ``x / sqrt(sum(x.^2))``
+(no epsilon), take the similarity as the single-precision dot product, the distance as its negative,
+set the self-distance to ``+inf`` and sort each row with MATLAB's ``sort(..., 'ascend')``, which is
+*stable*: equal distances keep the lower index first. Everything here reproduces that order exactly
+on the float32 similarities it computes, without ever holding the full n x n matrix: rows are
+processed in blocks of ``block_rows`` (one ``block_rows x n`` float32 buffer, reused).
+
+* :func:`first_hit_ranks` -- the rank of the first same-class item of every query (all Recall@K need).
+  Per block: one matmul, a gather of the positives' similarities, and one compare-and-count pass
+  (plus a second one only for the rows whose best positive ties with another item).
+* :func:`knn` -- the k nearest neighbours (blocked matmul + top-k), stable tie order.
+* :func:`stable_order_desc` -- the full stable ranking of a few rows (re-id protocols).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from rll_repro.errors import DataError
+
+DEFAULT_BLOCK_ROWS = 2048
+
+
+def l2_normalize(features: np.ndarray, what: str = "features") -> np.ndarray:
+    """MATLAB's ``x / sqrt(sum(x.^2))`` per row in float32, no epsilon.
+
+    A zero or non-finite row would become NaN in MATLAB and silently poison the ranking; here it
+    is a :class:`DataError` naming the row.
+    """
+    x = np.asarray(features)
+    if x.ndim != 2:
+        raise DataError(f"{what}: expected a 2-D array (items x dims), got shape {x.shape}")
+    x = x.astype(np.float32, copy=False)
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float32))
+    bad = ~np.isfinite(norms) | (norms == 0)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise DataError(f"{what}: row {row} has zero or non-finite norm ({int(bad.sum())} such rows); "
+                        "cannot L2-normalise without epsilon")
+    return x / norms[:, None]
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def _labels(labels, n: int, what: str) -> np.ndarray:
+    lab = np.asarray(labels).reshape(-1)
+    if lab.shape[0] != n:
+        raise DataError(f"{what}: {lab.shape[0]} labels for {n} feature rows")
+    return lab
+
+
+def _positive_table(q_labels: np.ndarray, g_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each query, the gallery indices with its label, ascending, padded with -1 -> (table, counts)."""
+    order = np.argsort(g_labels, kind="stable")
+    sorted_labels = g_labels[order]
+    start = np.searchsorted(sorted_labels, q_labels, side="left")
+    stop = np.searchsorted(sorted_labels, q_labels, side="right")
+    counts = stop - start
+    width = max(int(counts.max(initial=0)), 1)
+    offsets = np.arange(width)
+    take = start[:, None] + offsets[None, :]
+    valid = offsets[None, :] < counts[:, None]
+    table = np.where(valid, order[np.minimum(take, len(order) - 1)] if len(order) else -1, -1)
+    return table.astype(np.int64), counts
+
+
+def first_hit_ranks(query: np.ndarray, q_labels, gallery: np.ndarray | None = None, g_labels=None,
+                    *, exclude_self: bool | None = None, block_rows: int = DEFAULT_BLOCK_ROWS,
+                    normalized: bool = False, progress=None) -> np.ndarray:
+    """0-based rank of the first gallery item sharing the query's label, in MATLAB's stable order.
+
+    ``gallery=None`` means query == gallery (SOP, CUB, Cars): the query itself is put last (distance
+    +inf), as the original scripts do; it then counts as a same-class hit only if K reaches the last
+    position. Queries without any same-class item get rank ``len(gallery)`` (never a hit).
+    Rank of the best positive p of row q = #{j: s_j > s_p} + #{j < p: s_j == s_p}: exactly its position
+    under a stable descending sort of that row's float32 similarities.
+    """
+    torch = _torch()
+    same = gallery is None
+    if exclude_self is None:
+        exclude_self = same
+    Q = query if normalized else l2_normalize(query, "query features")
+    G = Q if same else (gallery if normalized else l2_normalize(gallery, "gallery features"))
+    if Q.shape[1] != G.shape[1]:
+        raise DataError(f"query features have {Q.shape[1]} dims but gallery features {G.shape[1]}")
+    nq, ng = Q.shape[0], G.shape[0]
+    ql = _labels(q_labels, nq, "query labels")
+    gl = ql if same else _labels(g_labels, ng, "gallery labels")
+    if exclude_self and nq != ng:
+        raise DataError("exclude_self needs query and gallery to be the same items")
+    table, counts = _positive_table(ql, gl)
+    Qt, Gt = torch.from_numpy(np.ascontiguousarray(Q)), torch.from_numpy(np.ascontiguousarray(G))
+    ranks = np.empty(nq, dtype=np.int64)
+    block_rows = max(1, min(block_rows, nq))
+    sim = torch.empty(block_rows, ng, dtype=torch.float32)
+    mask = np.empty((block_rows, ng), dtype=np.bool_)
+    cols = np.arange(ng)
+    for start in range(0, nq, block_rows):
+        stop = min(start + block_rows, nq)
+        b = stop - start
+        s = sim[:b]
+        torch.mm(Qt[start:stop], Gt.T, out=s)
+        rows = np.arange(b)
+        if exclude_self:
+            s[rows, start + rows] = float("-inf")  # MATLAB: Dist(i,i) = +inf
+        sn = s.numpy()
+        pos = table[start:stop]
+        if exclude_self:
+            pos = np.where(pos == (start + rows)[:, None], -1, pos)
+        valid = pos >= 0
+        pos_sim = np.where(valid, sn[rows[:, None], np.maximum(pos, 0)], -np.inf)
+        best = pos_sim.max(axis=1)
+        has = np.isfinite(best)
+        # lowest gallery index among the positives attaining the best similarity
+        p = np.where(valid & (pos_sim == best[:, None]), pos, np.iinfo(np.int64).max).min(axis=1)
+        thr = np.where(has, best, np.inf).astype(np.float32)[:, None]
+        m = mask[:b]
+        np.greater(sn, thr, out=m)
+        above = m.view(np.uint8).sum(axis=1, dtype=np.int64)
+        np.greater_equal(sn, thr, out=m)
+        at_or_above = m.view(np.uint8).sum(axis=1, dtype=np.int64)
+        rank = above.copy()
+        tied = has & (at_or_above - above > 1)
+        if tied.any():  # another item has exactly the best positive's similarity: lower index first
+            t = np.flatnonzero(tied)
+            eq = (sn[t] == thr[t]) & (cols[None, :] < p[t, None])
+            rank[t] += eq.sum(axis=1)
+        if exclude_self:
+            # self sits last (position ng-1) and is same-class: the first hit is never later than that
+            rank = np.where(has, rank, ng - 1)
+        else:
+            rank = np.where(has, rank, ng)
+        ranks[start:stop] = rank
+        if progress is not None:
+            progress.update(b)
+    return ranks
+
+
+def recall_from_ranks(ranks: np.ndarray, ks, n_gallery: int) -> dict[str, float]:
+    """Recall@K in percent = 100 * #(first hit within the K nearest) / #queries (every query counts)."""
+    out = {}
+    for k in ks:
+        if k > n_gallery:
+            raise DataError(f"Recall@{k} needs at least {k} gallery items per query, have {n_gallery}")
+        out[f"R@{k}"] = 100.0 * float(np.count_nonzero(ranks < k)) / len(ranks) if len(ranks) else float("nan")
+    return out
+
+
+def knn(query: np.ndarray, k: int, gallery: np.ndarray | None = None, *, exclude_self: bool | None = None,
+        block_rows: int = DEFAULT_BLOCK_ROWS, normalized: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` most similar gallery items of every query -> (similarities, indices), both (nq, k).
+
+    Order is MATLAB's stable ascending sort of the distance -similarity: descending similarity, ties
+    by lower index. ``torch.topk`` picks ties arbitrarily, so the k+1-th value is fetched too; rows whose
+    k-th and k+1-th values tie are re-ranked exactly with a stable sort, and every row's top k is put in
+    (value desc, index asc) order. With ``gallery=None`` the query itself is excluded (ranked last).
+    """
+    torch = _torch()
+    same = gallery is None
+    if exclude_self is None:
+        exclude_self = same
+    Q = query if normalized else l2_normalize(query, "query features")
+    G = Q if same else (gallery if normalized else l2_normalize(gallery, "gallery features"))
+    nq, ng = Q.shape[0], G.shape[0]
+    if Q.shape[1] != G.shape[1]:
+        raise DataError(f"query features have {Q.shape[1]} dims but gallery features {G.shape[1]}")
+    if not 1 <= k <= ng:
+        raise DataError(f"k={k} is outside 1..{ng} (gallery size)")
+    Qt, Gt = torch.from_numpy(np.ascontiguousarray(Q)), torch.from_numpy(np.ascontiguousarray(G))
+    out_v = np.empty((nq, k), dtype=np.float32)
+    out_i = np.empty((nq, k), dtype=np.int64)
+    block_rows = max(1, min(block_rows, nq))
+    sim = torch.empty(block_rows, ng, dtype=torch.float32)
+    kk = min(k + 1, ng)
+    for start in range(0, nq, block_rows):
+        stop = min(start + block_rows, nq)
+        b = stop - start
+        s = sim[:b]
+        torch.mm(Qt[start:stop], Gt.T, out=s)
+        rows = torch.arange(b)
+        if exclude_self:
+            s[rows, start + rows] = float("-inf")
+        v, i = torch.topk(s, kk, dim=1, largest=True, sorted=True)
+        v, i = v.numpy(), i.numpy()
+        if kk > k:
+            boundary = v[:, k - 1] == v[:, k]
+            if boundary.any():
+                t = np.flatnonzero(boundary)
+                full = s.numpy()[t]
+                order = np.argsort(-full, axis=1, kind="stable")[:, :kk]
+                i[t] = order
+                v[t] = np.take_along_axis(full, order, axis=1)
+        v, i = v[:, :k], i[:, :k]
+        # (value desc, index asc) inside the top k
+        order = _lex_desc(v, i)
+        out_v[start:stop] = np.take_along_axis(v, order, axis=1)
+        out_i[start:stop] = np.take_along_axis(i, order, axis=1)
+    return out_v, out_i
+
+
+def _lex_desc(values: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """Per-row order sorting by value descending, then index ascending."""
+    first = np.argsort(indices, axis=1, kind="stable")
+    v1 = np.take_along_axis(values, first, axis=1)
+    second = np.argsort(-v1, axis=1, kind="stable")
+    return np.take_along_axis(first, second, axis=1)
+
+
+def stable_order_desc(scores: np.ndarray) -> np.ndarray:
+    """Row-wise MATLAB ``sort(-scores, 'ascend')`` / ``sort(scores, 'descend')`` indices (stable)."""
+    return np.argsort(-np.asarray(scores), axis=-1, kind="stable")
+
+
+def stable_order_asc(distances: np.ndarray) -> np.ndarray:
+    """Row-wise MATLAB ``sort(distances, 'ascend')`` indices (stable; NaN last like MATLAB)."""
+    return np.argsort(np.asarray(distances), axis=-1, kind="stable")
