@@ -28,7 +28,7 @@ def _set_fields(msg, fields: dict[str, Any]) -> None:
         field = descriptor.fields_by_name.get(key)
         if field is None:
             raise KeyError(f"{descriptor.full_name} has no field {key!r}")
-        repeated = field.label == FieldDescriptor.LABEL_REPEATED
+        repeated = field.is_repeated
         if field.type == FieldDescriptor.TYPE_MESSAGE:
             if repeated:
                 container = getattr(msg, key)

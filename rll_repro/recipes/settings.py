@@ -12,7 +12,7 @@ Names used across modules (strings, so this file imports nothing heavy):
   K images, fresh class permutation per epoch), ``osm_classes_random`` (OSM ``get_train_minibatch``:
   C random classes x K images every iteration), ``osm_tracklets`` (MARS/LPW: identities x
   tracklets x frames).
-- ``train_transform``/``test_transform``: the preprocessing variant names used by
+- ``train_transform``/``test_transform``: names of the preprocessing callables in
   :mod:`rll_repro.data.transforms` (see the ``TRANSFORM_*`` constants below).
 - ``eval_protocol``: the ``--protocol`` names of ``rll-repro eval`` (sop, inshop, market, cars, cub,
   mars, lpw).
@@ -33,12 +33,14 @@ PRETRAINED_WEIGHTS = "googlenet_bn.caffemodel"
 """BN-Inception ImageNet weights (``pretrain_model/googlenet_bn.caffemodel`` in both repositories).
 Users supply it; nothing is downloaded. Loaded with ``copy_from`` (by layer name)."""
 
-# Preprocessing variants (rll SPEC §4.3, osm_caa SPEC §5, §9).
-TRANSFORM_RLL_TRAIN = "rll_v04_train"      # resize 256x256, random aspect/scale crop, flip, ->227
-TRANSFORM_RLL_TEST = "rll_v04_test"        # resize 256x256, centre crop 227
-TRANSFORM_MARKET_TRAIN = "market_v03_train"  # bbox crop+15, long side 256, pad 255, flip, crop 227
-TRANSFORM_MARKET_TEST = "market_v03_test"    # same framing, centre crop 227
-TRANSFORM_OSM = "osm_resize224"            # resize 224x224, BGR, mean; no augmentation
+# Preprocessing variants (rll SPEC §4.3, osm_caa SPEC §5, §9): attribute names in
+# rll_repro.data.transforms, so ``getattr(transforms, setting.train_transform)`` is the transform.
+TRANSFORM_RLL_TRAIN = "RLLTrainTransform"        # resize 256x256, random aspect/scale crop, flip, ->227
+TRANSFORM_RLL_TEST = "rll_test_transform"        # resize 256x256, centre crop 227
+TRANSFORM_MARKET_TRAIN = "MarketTrainTransform"  # bbox crop+15, long side 256, pad 255, flip, crop 227
+TRANSFORM_MARKET_TEST = "market_test_transform"  # same framing, centre crop 227
+TRANSFORM_OSM = "osm_offline_transform"          # resize 224x224, BGR, mean; no augmentation
+# (CARS196/CUB apply it offline into the .mat cells; MARS/LPW apply it to every frame on the fly.)
 
 SAMPLER_RLL = "rll_classes_epoch"
 SAMPLER_OSM = "osm_classes_random"
