@@ -1,0 +1,565 @@
+"""Caffe's solvers (``Solver::Step`` + ``SGDSolver::ApplyUpdate`` and its subclasses), snapshots, resume.
+
+One step, as Caffe does it (float32 throughout, Caffe's order of operations):
+
+1. ``net.clear_param_diffs()``; ``iter_size`` times: fill the inputs, ``net.forward_backward()``
+   (gradients accumulate); loss = sum / iter_size.
+2. rate = the lr policy at ``iter`` (:mod:`rll_repro.lr_policy`).
+3. ClipGradients: if clip_gradients >= 0 and the global L2 norm of ALL diffs (before the iter_size
+   normalisation, ignoring lr_mult) exceeds it, scale every diff by clip/norm.
+4. Per learnable param, in Caffe's learnable_params order:
+   Normalize (diff *= 1/iter_size), Regularize (L2: diff += wd*decay_mult * w; L1: diff +=
+   wd*decay_mult * sign(w), sign(0) = 0), ComputeUpdateValue (solver type; SGD: h = momentum*h +
+   (rate*lr_mult)*diff, the learning rate INSIDE the history, unlike torch.optim.SGD; diff = h).
+5. Net::Update: w -= diff. Then the RLL fork's annealing of the net's last layer (SPEC rll §3.2),
+   then iter += 1.
+
+BatchNorm blobs in the RLL fork are ordinary params (SPEC rll §2.2): their diff is 0, so each step
+applies weight decay and momentum to them; nothing here special-cases them.
+
+Snapshots are Caffe's files (``<prefix>_iter_<N>.caffemodel`` and, as the RLL fork names it,
+``<prefix>_iter_<N>.caffemodel.solverstate``: iter, learned_net, history, current_step) plus a side
+file ``<solverstate>.rllstate`` with what Caffe cannot store (RNG states, the RLL layer's lagging top
+value and annealed settings, the data sampler's state), so that a resume is bitwise identical to an
+uninterrupted run on CPU. Every file is written atomically; the side file is written last.
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import math
+import os
+from pathlib import Path
+from typing import Callable, Mapping
+
+import numpy as np
+import torch
+
+from rll_repro.errors import FormatError, RLLReproError, TrainingError
+from rll_repro.lr_policy import learning_rate
+
+f32 = np.float32
+
+#: the deprecated ``solver_type`` enum values -> ``type`` strings (Caffe's UpgradeSolverType)
+SOLVER_TYPE_NAMES = {0: "SGD", 1: "Nesterov", 2: "AdaGrad", 3: "RMSProp", 4: "AdaDelta", 5: "Adam"}
+
+SIDE_SUFFIX = ".rllstate"
+
+BatchProvider = Callable[[int], "Mapping[str, np.ndarray] | None"]
+
+
+def _read_solver_param(source):
+    """SolverParameter from a path or a message; returns (param, directory used to resolve paths)."""
+    from rll_repro.caffe import caffe_pb2
+
+    if isinstance(source, caffe_pb2.SolverParameter):
+        return source, Path.cwd()
+    from rll_repro.caffe import io as caffe_io
+
+    path = Path(source)
+    if not path.exists():
+        raise FileNotFoundError(2, "No such file or directory", str(path))
+    return caffe_io.read_solver_prototxt(str(path)), path.resolve().parent
+
+
+def _resolve(path: str, base: Path) -> str:
+    """Caffe opens paths relative to the working directory; we also accept them relative to the
+    solver file (so solvers can be run from anywhere)."""
+    p = Path(path)
+    if p.is_absolute() or p.exists():
+        return str(p)
+    alt = base / p
+    return str(alt) if alt.exists() else str(p)
+
+
+def solver_type_of(param) -> str:
+    """The solver type string, honouring the deprecated ``solver_type`` enum as Caffe's upgrade does."""
+    if param.HasField("solver_type") and not param.HasField("type"):
+        return SOLVER_TYPE_NAMES[int(param.solver_type)]
+    return param.type or "SGD"
+
+
+class Solver:
+    """Base class: Caffe's Solver + SGDSolver machinery; subclasses define ``compute_update_value``.
+
+    pycaffe names: ``solver.net``, ``solver.iter``, ``solver.step(n)``, ``solver.snapshot()``,
+    ``solver.restore(path)``. ``step`` runs on the inputs already in ``solver.net.blobs`` unless a
+    ``batches`` callable is given (called as ``batches(iter)`` before every forward/backward, returning
+    {input blob name: array} or None).
+    """
+
+    type_name = "SGD"
+    history_per_param = 1
+
+    def __init__(self, param, net=None, *, check_finite: bool = True, log=None):
+        self.param, self._base_dir = _read_solver_param(param)
+        if isinstance(param, (str, os.PathLike)):
+            self.source = str(param)
+        else:
+            self.source = None
+        self.check_finite = check_finite
+        self.log = log  # a trainlog.GlogWriter or None
+        self.iter = 0
+        self.current_step = 0
+        self.smoothed_loss = 0.0
+        self._losses: list[float] = []
+        self.last_loss = float("nan")
+        self.state_hooks: dict[str, tuple[Callable[[], object], Callable[[object], None]]] = {}
+        self._check_param()
+        if int(self.param.random_seed) >= 0:
+            # Caffe::set_random_seed before the nets are built: seeds the fillers and dropout.
+            torch.manual_seed(int(self.param.random_seed))
+        self.net = net if net is not None else self._build_train_net()
+        self.learnable_params = list(self.net.learnable_params)
+        self.lr_mults = [f32(v) for v in self.net.params_lr]
+        self.decay_mults = [f32(v) for v in self.net.params_weight_decay]
+        n = len(self.learnable_params)
+        self.history = [torch.zeros_like(self.learnable_params[i % n].detach())
+                        for i in range(n * self.history_per_param)]
+        self._param_owner = self._param_owners()
+
+    # ------------------------------------------------------------------ construction
+    def _check_param(self) -> None:
+        p = self.param
+        if int(p.iter_size) < 1:
+            raise TrainingError(f"solver: iter_size must be >= 1, got {p.iter_size}")
+        if p.regularization_type not in ("L1", "L2"):
+            raise TrainingError(f"solver: unknown regularization_type {p.regularization_type!r} (expected L1 or L2)")
+
+    def _build_train_net(self):
+        from rll_repro.net import Net
+
+        p = self.param
+        sources = [f for f in ("net", "net_param", "train_net", "train_net_param") if p.HasField(f)]
+        if len(sources) != 1:
+            raise TrainingError("solver: give exactly one of net, net_param, train_net, train_net_param "
+                                f"(found {', '.join(sources) or 'none'})")
+        field = sources[0]
+        if field in ("net_param", "train_net_param"):
+            net_param = getattr(p, field)
+        else:
+            net_param = _resolve(getattr(p, field), self._base_dir)
+        return Net(net_param, phase="train")
+
+    def _param_owners(self) -> list[str]:
+        """``layer/index`` of each learnable param (for error messages)."""
+        names = list(getattr(self.net, "learnable_param_names", []) or [])
+        if len(names) != len(self.learnable_params):
+            names = [f"param #{i}" for i in range(len(self.learnable_params))]
+        return names
+
+    # ------------------------------------------------------------------ stepping
+    def _feed(self, inputs) -> None:
+        if not inputs:
+            return
+        for name, value in inputs.items():
+            blob = self.net.blobs[name]
+            value = np.asarray(value, dtype=np.float32)
+            if tuple(blob.shape) != value.shape:
+                blob.reshape(*value.shape)
+            blob.data[...] = value
+
+    def step(self, iters: int = 1, batches: BatchProvider | None = None) -> float:
+        """Caffe's Solver::Step(iters). Returns the last iteration's loss."""
+        start_iter = self.iter
+        stop_iter = self.iter + int(iters)
+        average_loss = max(int(self.param.average_loss), 1)
+        self._losses = []
+        self.smoothed_loss = 0.0
+        iter_size = int(self.param.iter_size)
+        display = int(self.param.display)
+        while self.iter < stop_iter:
+            self.net.clear_param_diffs()
+            loss = f32(0)
+            for _ in range(iter_size):
+                if batches is not None:
+                    self._feed(batches(self.iter))
+                loss = f32(loss + f32(float(self.net.forward_backward())))
+            loss = f32(loss / f32(iter_size))
+            self.last_loss = float(loss)
+            self._update_smoothed_loss(float(loss), start_iter, average_loss)
+            if self.check_finite:
+                self._check_finite(float(loss))
+            if display and self.iter % display == 0 and self.log is not None:
+                self.log.iteration_loss(self.iter, self.smoothed_loss)
+                self.log.train_outputs(self.net)
+            self.apply_update()
+            if int(self.param.snapshot) and self.iter % int(self.param.snapshot) == 0:
+                self.snapshot()
+        return self.last_loss
+
+    def _update_smoothed_loss(self, loss: float, start_iter: int, average_loss: int) -> None:
+        """Solver::UpdateSmoothedLoss (the window restarts at every step() call, as in Caffe)."""
+        if len(self._losses) < average_loss:
+            self._losses.append(loss)
+            size = len(self._losses)
+            self.smoothed_loss = (self.smoothed_loss * (size - 1) + loss) / size
+        else:
+            idx = (self.iter - start_iter) % average_loss
+            self.smoothed_loss += (loss - self._losses[idx]) / average_loss
+            self._losses[idx] = loss
+
+    def _grads(self) -> list[torch.Tensor]:
+        grads = []
+        for p in self.learnable_params:
+            if p.grad is None:  # params autograd never touches (BatchNorm blobs): Caffe's diff is 0
+                p.grad = torch.zeros_like(p.detach())
+            grads.append(p.grad)
+        return grads
+
+    def learning_rate(self) -> float:
+        """The rate the next update will use (does not advance multistep's current_step)."""
+        return learning_rate(self.param, self.iter, self.current_step)[0]
+
+    @torch.no_grad()
+    def apply_update(self) -> None:
+        """SGDSolver::ApplyUpdate: rate, ClipGradients, Normalize/Regularize/ComputeUpdateValue per
+        param, Net::Update (w -= diff), the RLL fork's annealing, iter += 1."""
+        rate, self.current_step = learning_rate(self.param, self.iter, self.current_step)
+        self.last_rate = rate
+        display = int(self.param.display)
+        if display and self.iter % display == 0 and self.log is not None:
+            self.log.iteration_lr(self.iter, rate)
+        grads = self._grads()
+        self._clip_gradients(grads)
+        iter_size = int(self.param.iter_size)
+        norm = f32(f32(1.0) / f32(iter_size))
+        weight_decay = f32(self.param.weight_decay)
+        l1 = self.param.regularization_type == "L1"
+        rate32 = f32(rate)
+        for i, (p, g) in enumerate(zip(self.learnable_params, grads)):
+            if iter_size != 1:
+                g.mul_(float(norm))
+            local_decay = f32(weight_decay * self.decay_mults[i])
+            if local_decay:
+                g.add_(torch.sign(p) if l1 else p, alpha=float(local_decay))
+            self.compute_update_value(i, p, g, f32(rate32 * self.lr_mults[i]))
+        for p, g in zip(self.learnable_params, grads):
+            p.sub_(g)
+        self._anneal()
+        self.iter += 1
+
+    def _clip_gradients(self, grads: list[torch.Tensor]) -> None:
+        """SGDSolver::ClipGradients: global L2 norm over all params (lr_mult ignored), float32."""
+        clip = f32(self.param.clip_gradients)
+        if clip < 0:
+            return
+        sumsq = f32(0)
+        for g in grads:
+            sumsq = f32(sumsq + f32(torch.dot(g.reshape(-1), g.reshape(-1)).item()))
+        l2norm = f32(np.sqrt(sumsq))
+        if l2norm > clip:
+            scale = f32(clip / l2norm)
+            if self.log is not None:
+                self.log.info(f"Gradient clipping: scaling down gradients (L2 norm {l2norm:g} > {clip:g}) "
+                              f"by scale factor {scale:g}", source="sgd_solver.cpp:94")
+            for g in grads:
+                g.mul_(float(scale))
+
+    def compute_update_value(self, i: int, p: torch.Tensor, g: torch.Tensor, local_rate) -> None:
+        raise NotImplementedError
+
+    def _anneal(self) -> None:
+        """RLL fork (SPEC rll §3.2): after Net::Update, move the net's LAST layer's settings toward the
+        solver's targets, if that layer is a DistanceWeightedValidPairLossV12."""
+        layers = getattr(self.net, "layers", None)
+        if not layers:
+            return
+        last = layers[-1]
+        if getattr(getattr(last, "param", None), "type", "") != "DistanceWeightedValidPairLossV12":
+            return
+        from rll_repro.layers.rll import anneal_toward_solver_targets
+
+        anneal_toward_solver_targets(last, self.param, self.iter)
+
+    # ------------------------------------------------------------------ faults
+    def _check_finite(self, loss: float) -> None:
+        """Stop on a non-finite loss or gradient, naming the iteration and the first layer."""
+        if not math.isfinite(loss):
+            where = self._first_nonfinite_blob() or "the loss"
+            raise TrainingError(f"iteration {self.iter}: loss is {loss} (first non-finite value in {where}); "
+                                "training stopped before the update, the last snapshot is intact")
+        bad = None
+        for i, p in enumerate(self.learnable_params):
+            g = p.grad
+            if g is not None and not bool(torch.isfinite(g).all()):
+                bad = i  # keep the LAST one in forward order = the first reached by backward
+        if bad is not None:
+            layer = self._param_owner[bad].rsplit("/", 1)[0]
+            raise TrainingError(f"iteration {self.iter}: non-finite gradient, first in layer {layer!r} "
+                                "(in backward order); training stopped before the update, "
+                                "the last snapshot is intact")
+
+    def _first_nonfinite_blob(self) -> str | None:
+        blobs = getattr(self.net, "blobs", {})
+        producers = _blob_producers(self.net)
+        for name, blob in blobs.items():
+            data = getattr(blob, "data", None)
+            if isinstance(data, np.ndarray) and data.size and not np.isfinite(data).all():
+                layer = producers.get(name)
+                return f"layer {layer!r} (top {name!r})" if layer else f"blob {name!r}"
+        return None
+
+    # ------------------------------------------------------------------ snapshots
+    def snapshot_prefix(self) -> str:
+        return _resolve(self.param.snapshot_prefix, Path.cwd()) if self.param.snapshot_prefix else "snapshot"
+
+    def snapshot(self, prefix: str | os.PathLike | None = None) -> tuple[str, str]:
+        """Write ``<prefix>_iter_<N>.caffemodel``, ``...caffemodel.solverstate`` and the side file,
+        each atomically (model, then solverstate, then side file). Returns (model, solverstate)."""
+        from rll_repro.caffe import caffe_pb2
+        from rll_repro.caffe.weights import array_to_blob
+        from rll_repro.fileio import atomic_write_bytes
+
+        prefix = str(prefix) if prefix is not None else self.snapshot_prefix()
+        model = f"{prefix}_iter_{self.iter}.caffemodel"
+        state_path = model + ".solverstate"
+        self.save_model(model)
+        state = caffe_pb2.SolverState()
+        state.iter = self.iter
+        state.learned_net = model
+        state.current_step = self.current_step
+        for h in self.history:
+            state.history.add().CopyFrom(array_to_blob(h.numpy()))
+        atomic_write_bytes(state_path, state.SerializeToString())
+        atomic_write_bytes(state_path + SIDE_SUFFIX, self._side_state_bytes())
+        if self.log is not None:
+            self.log.info(f"Snapshotting to binary proto file {model}", source="solver.cpp:454")
+            self.log.info(f"Snapshotting solver state to binary proto file {state_path}", source="sgd_solver.cpp:273")
+        return model, state_path
+
+    def save_model(self, path: str) -> None:
+        """The net's weights as a caffemodel, atomically (temporary file beside it, fsync, rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp_path = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            self.net.save(str(tmp_path))
+            with open(tmp_path, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp_path, path)
+        finally:
+            if tmp_path.exists():
+                tmp_path.unlink()
+
+    def restore(self, path: str | os.PathLike) -> None:
+        """Caffe's Solver::Restore from a .solverstate (ours or Caffe's): iter, current_step, history,
+        and the weights of ``learned_net``; plus the side file when present (bitwise resume)."""
+        from rll_repro.caffe import io as caffe_io
+        from rll_repro.caffe.weights import blob_to_array
+
+        path = Path(path)
+        if path.suffix == ".h5":
+            raise FormatError(f"{path}: HDF5 solver states are not supported (use snapshot_format BINARYPROTO)")
+        state = caffe_io.read_solverstate(str(path))
+        if len(state.history) != len(self.history):
+            raise FormatError(f"{path}: solverstate has {len(state.history)} history blobs, the "
+                              f"{self.type_name} solver of this net needs {len(self.history)}")
+        arrays = []
+        for i, blob in enumerate(state.history):
+            arr = blob_to_array(blob)
+            if arr.size != self.history[i].numel():
+                raise FormatError(f"{path}: history blob {i} has {arr.size} values, the net's param "
+                                  f"({self._param_owner[i % len(self.learnable_params)]}) has {self.history[i].numel()}")
+            arrays.append(arr)
+        if state.learned_net:
+            model = Path(state.learned_net)
+            if not model.is_absolute() and not model.exists():
+                model = path.parent / model.name
+            if not model.exists():
+                raise FormatError(f"{path}: learned_net {state.learned_net!r} not found")
+            self.net.copy_from(str(model))
+        for h, arr in zip(self.history, arrays):
+            h.copy_(torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32).reshape(h.shape)))
+        self.iter = int(state.iter)
+        self.current_step = int(state.current_step)
+        side = Path(str(path) + SIDE_SUFFIX)
+        if side.exists():
+            self._load_side_state(side)
+
+    # side file: what Caffe cannot store
+    def _side_state_bytes(self) -> bytes:
+        layers = {}
+        for layer in getattr(self.net, "layers", []):
+            entry = {}
+            if isinstance(getattr(layer, "top_value", None), torch.Tensor):
+                entry["top_value"] = layer.top_value.clone()
+            params = getattr(layer, "params", None)
+            if dataclasses.is_dataclass(params) and not isinstance(params, type):
+                entry["params"] = dataclasses.asdict(params)
+            if entry:
+                layers[layer.layer_name] = entry
+        gen = _net_generator(self.net)
+        state = {
+            "format": 1,
+            "iter": self.iter,
+            "torch_rng": torch.get_rng_state(),
+            "net_generator": gen.get_state() if isinstance(gen, torch.Generator) else None,
+            "numpy_rng": np.random.get_state(),
+            "layers": layers,
+            "hooks": {name: save() for name, (save, _) in self.state_hooks.items()},
+        }
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        return buf.getvalue()
+
+    def _load_side_state(self, path: Path) -> None:
+        try:
+            state = torch.load(str(path), weights_only=False)
+        except Exception as exc:  # noqa: BLE001 - any unreadable side file is a format error
+            raise FormatError(f"{path}: cannot read the resume side file ({exc.__class__.__name__})") from None
+        if state.get("iter") != self.iter:
+            raise FormatError(f"{path}: side file is for iteration {state.get('iter')}, the solverstate for {self.iter}")
+        torch.set_rng_state(state["torch_rng"])
+        gen = _net_generator(self.net)
+        if isinstance(gen, torch.Generator) and state.get("net_generator") is not None:
+            gen.set_state(state["net_generator"])
+        np.random.set_state(state["numpy_rng"])
+        by_name = {layer.layer_name: layer for layer in getattr(self.net, "layers", [])}
+        for name, entry in state["layers"].items():
+            layer = by_name.get(name)
+            if layer is None:
+                continue
+            if "top_value" in entry:
+                layer.top_value = entry["top_value"]
+            if "params" in entry:
+                layer.params = dataclasses.replace(layer.params, **entry["params"])
+        for name, value in state.get("hooks", {}).items():
+            if name in self.state_hooks:
+                self.state_hooks[name][1](value)
+
+
+def _net_generator(net) -> torch.Generator | None:
+    """The generator the net's layers draw from (fillers, Dropout), when it has its own."""
+    gen = getattr(getattr(net, "ctx", None), "generator", None)
+    return gen if isinstance(gen, torch.Generator) else None
+
+
+def _blob_producers(net) -> dict[str, str]:
+    """top blob name -> name of the last layer writing it (in-place layers included)."""
+    out = {}
+    for layer in getattr(net, "layers", []):
+        for top in getattr(getattr(layer, "param", None), "top", []):
+            out[top] = layer.layer_name
+    return out
+
+
+class SGDSolver(Solver):
+    """Caffe SGD: h = momentum*h + local_rate*diff (cblas scal then axpy); diff = h."""
+
+    type_name = "SGD"
+
+    def compute_update_value(self, i, p, g, local_rate):
+        h = self.history[i]
+        h.mul_(float(f32(self.param.momentum))).add_(g, alpha=float(local_rate))
+        g.copy_(h)
+
+
+class NesterovSolver(Solver):
+    """Caffe Nesterov: u = h; h = momentum*h + local_rate*diff; diff = (1+momentum)*h - momentum*u."""
+
+    type_name = "Nesterov"
+
+    def compute_update_value(self, i, p, g, local_rate):
+        m = f32(self.param.momentum)
+        h = self.history[i]
+        update = h.clone()
+        h.mul_(float(m)).add_(g, alpha=float(local_rate))
+        update.mul_(float(-m)).add_(h, alpha=float(f32(f32(1) + m)))
+        g.copy_(update)
+
+
+class AdaGradSolver(Solver):
+    """Caffe AdaGrad: h += diff^2; diff = local_rate * diff / (sqrt(h) + delta). Needs momentum 0."""
+
+    type_name = "AdaGrad"
+
+    def _check_param(self):
+        super()._check_param()
+        if self.param.momentum != 0:
+            raise TrainingError("solver: AdaGrad needs momentum 0 (Caffe checks this)")
+
+    def compute_update_value(self, i, p, g, local_rate):
+        h = self.history[i]
+        h.add_(g * g)
+        update = h.sqrt().add_(float(f32(self.param.delta)))
+        torch.div(g, update, out=update)
+        g.copy_(update.mul_(float(local_rate)))
+
+
+class RMSPropSolver(Solver):
+    """Caffe RMSProp: h = rms_decay*h + (1-rms_decay)*diff^2; diff = local_rate*diff/(sqrt(h)+delta)."""
+
+    type_name = "RMSProp"
+
+    def _check_param(self):
+        super()._check_param()
+        if self.param.momentum != 0:
+            raise TrainingError("solver: RMSProp needs momentum 0 (Caffe checks this)")
+
+    def compute_update_value(self, i, p, g, local_rate):
+        decay = f32(self.param.rms_decay)
+        h = self.history[i]
+        h.mul_(float(decay)).add_(g * g, alpha=float(f32(f32(1) - decay)))
+        update = h.sqrt().add_(float(f32(self.param.delta)))
+        torch.div(g, update, out=update)
+        g.copy_(update.mul_(float(local_rate)))
+
+
+class AdaDeltaSolver(Solver):
+    """Caffe AdaDelta (history: [grad^2 averages..., update^2 averages...], decay = momentum)."""
+
+    type_name = "AdaDelta"
+    history_per_param = 2
+
+    def compute_update_value(self, i, p, g, local_rate):
+        m = f32(self.param.momentum)
+        delta = float(f32(self.param.delta))
+        n = len(self.learnable_params)
+        hg, hu = self.history[i], self.history[n + i]
+        one_minus = float(f32(f32(1) - m))
+        hg.mul_(float(m)).add_(g * g, alpha=one_minus)
+        update = hu + delta
+        update.div_(hg + delta).sqrt_()
+        g.mul_(update)
+        hu.mul_(float(m)).add_(g * g, alpha=one_minus)
+        g.mul_(float(local_rate))
+
+
+class AdamSolver(Solver):
+    """Caffe Adam: m = b1*m + (1-b1)*g; v = b2*v + (1-b2)*g^2; diff = local_rate*correction *
+    m/(sqrt(v)+delta), correction = sqrt(1-b2^t)/(1-b1^t) with t = iter+1 (computed in double)."""
+
+    type_name = "Adam"
+    history_per_param = 2
+
+    def compute_update_value(self, i, p, g, local_rate):
+        b1, b2 = f32(self.param.momentum), f32(self.param.momentum2)
+        n = len(self.learnable_params)
+        m, v = self.history[i], self.history[n + i]
+        t = self.iter + 1
+        correction = f32(math.sqrt(1.0 - float(b2) ** t) / (1.0 - float(b1) ** t))
+        m.mul_(float(b1)).add_(g, alpha=float(f32(f32(1) - b1)))
+        v.mul_(float(b2)).add_(g * g, alpha=float(f32(f32(1) - b2)))
+        update = v.sqrt().add_(float(f32(self.param.delta)))
+        torch.div(m, update, out=update)
+        g.copy_(update.mul_(float(f32(local_rate * correction))))
+
+
+SOLVERS = {cls.type_name: cls for cls in
+           (SGDSolver, NesterovSolver, AdaGradSolver, RMSPropSolver, AdaDeltaSolver, AdamSolver)}
+
+
+def get_solver(solver_prototxt, net=None, **kwargs) -> Solver:
+    """pycaffe's ``caffe.get_solver``: the solver class named by the prototxt's ``type``."""
+    param, base = _read_solver_param(solver_prototxt)
+    name = solver_type_of(param)
+    cls = SOLVERS.get(name)
+    if cls is None:
+        raise TrainingError(f"solver: unknown type {name!r} (expected one of {', '.join(SOLVERS)})")
+    del base
+    return cls(solver_prototxt, net, **kwargs)
+
+
+__all__ = ["Solver", "SGDSolver", "NesterovSolver", "AdaGradSolver", "RMSPropSolver", "AdaDeltaSolver",
+           "AdamSolver", "get_solver", "RLLReproError"]
