@@ -235,8 +235,13 @@ def lpw(features, ids, *, n_probe: int = 756, ranks=CMC_RANKS) -> dict[str, floa
 
 def evaluate_retrieval(protocol: str, features, labels, *, query_mask=None, nmi: bool = False,
                        seed: int = KMEANS_SEED, n_init: int = KMEANS_N_INIT,
-                       block_rows: int = DEFAULT_BLOCK_ROWS, progress=None) -> dict[str, float]:
-    """The metrics of one retrieval protocol (sop, cub, cars, inshop) as ``{"R@1": %, ...}``."""
+                       block_rows: int = DEFAULT_BLOCK_ROWS, progress=None,
+                       skip_large_k: bool = True) -> dict[str, float]:
+    """The metrics of one retrieval protocol (sop, cub, cars, inshop) as ``{"R@1": %, ...}``.
+
+    With ``skip_large_k`` the K larger than the gallery are left out (small test sets) instead of
+    raising.
+    """
     if protocol not in RECALL_KS:
         raise DataError(f"unknown retrieval protocol {protocol!r} (choose from {', '.join(RECALL_KS)})")
     feats = np.asarray(features)
@@ -244,6 +249,11 @@ def evaluate_retrieval(protocol: str, features, labels, *, query_mask=None, nmi:
     if feats.ndim != 2 or feats.shape[0] != lab.shape[0]:
         raise DataError(f"features {feats.shape} and labels ({lab.shape[0]},) do not match")
     ks = RECALL_KS[protocol]
+    n_gallery = lab.shape[0] - 1
+    if protocol == "inshop" and query_mask is not None:
+        n_gallery = int(lab.shape[0] - np.count_nonzero(query_mask))
+    if skip_large_k:  # Recall@K beyond the gallery size is undefined (MATLAB would fail to index)
+        ks = tuple(k for k in ks if k <= n_gallery)
     if protocol == "inshop":
         if query_mask is None:
             raise DataError("inshop needs a query mask (True = query, False = gallery)")
