@@ -79,3 +79,34 @@ def test_upgraded_train_net_gains_one_input_layer():
     assert net.layer[0].type == "Input" and list(net.layer[0].top) == ["data", "label"]
     assert [list(s.dim) for s in net.layer[0].input_param.shape] == [[150, 3, 227, 227],
                                                                       [150, 1, 1, 1]]
+
+
+def _inspect_json(file, capsys) -> dict:
+    import json
+
+    from rll_repro import cli
+
+    assert cli.main(["inspect", str(file), "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("rel,count", EXPECTED.items(), ids=list(EXPECTED))
+def test_rll_repro_inspect_reports_the_original_layer_count(rel, count, capsys):
+    """``rll-repro inspect`` shows the layers plus Caffe's upgraded ``Input`` layer (332 -> 333)."""
+    pytest.importorskip("rll_repro.commands.inspect_", reason="needs rll-repro inspect")
+    report = _inspect_json(recipes.path(rel), capsys)
+    assert report["num_layers"] == count + 1
+    assert report["layer_types"].pop("Input") == 1
+    assert sum(report["layer_types"].values()) == count
+
+
+@pytest.mark.parametrize("rel", EXPECTED, ids=list(EXPECTED))
+def test_rll_repro_inspect_of_generated_and_original_agree(rel, capsys):
+    from conftest import shared_path
+
+    pytest.importorskip("rll_repro.commands.inspect_", reason="needs rll-repro inspect")
+    original = shared_path(FILES[rel].original.shared_path)
+    ours, theirs = _inspect_json(recipes.path(rel), capsys), _inspect_json(original, capsys)
+    for report in (ours, theirs):
+        report.pop("file"), report.pop("bytes")
+    assert ours == theirs
