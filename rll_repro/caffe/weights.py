@@ -115,6 +115,13 @@ def array_to_blob(array, double: bool = False, legacy_shape: bool = False) -> ca
     The shape goes to ``shape.dim`` (as Caffe's Blob::ToProto writes it); ``legacy_shape`` writes
     num/channels/height/width instead (arrays of at most 4 axes, right-aligned, padded with 1s).
     """
+    blob = caffe_pb2.BlobProto()
+    blob.ParseFromString(_blob_bytes(array, double, legacy_shape))
+    return blob
+
+
+def _blob_bytes(array, double: bool = False, legacy_shape: bool = False) -> bytes:
+    """The serialised BlobProto of ``array`` (see :func:`array_to_blob`), built from the raw bytes."""
     arr = np.asarray(array)
     dtype = np.dtype("<f8") if double else np.dtype("<f4")
     raw = np.ascontiguousarray(arr, dtype=dtype).tobytes()
@@ -131,9 +138,7 @@ def array_to_blob(array, double: bool = False, legacy_shape: bool = False) -> ca
         dims = b"".join(_varint(int(d)) for d in arr.shape)
         shape_msg = _varint((1 << 3) | 2) + _varint(len(dims)) + dims
         parts.append(_varint((7 << 3) | 2) + _varint(len(shape_msg)) + shape_msg)
-    blob = caffe_pb2.BlobProto()
-    blob.ParseFromString(b"".join(parts))
-    return blob
+    return b"".join(parts)
 
 
 def net_shape(layer_type: str, index: int, shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -180,14 +185,19 @@ def net_with_weights(net: caffe_pb2.NetParameter, weights: dict, where: str = "n
     """
     from rll_repro.caffe.upgrade import upgrade_net
 
-    out = upgrade_net(net, where)
+    bare = caffe_pb2.NetParameter()
+    bare.CopyFrom(net)
+    for layer in bare.layer:
+        del layer.blobs[:]
+    for v1 in bare.layers:
+        del v1.blobs[:]
+    out = upgrade_net(bare, where)
     names = [layer.name for layer in out.layer]
     missing = [name for name in weights if name not in names]
     if missing:
         raise FormatError(f"{where}: has no layer named {', '.join(repr(m) for m in missing[:5])}"
                           + (f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""))
     for layer in out.layer:
-        del layer.blobs[:]
         for array in weights.get(layer.name, ()):
-            layer.blobs.add().CopyFrom(array_to_blob(array, double=double))
+            layer.blobs.add().ParseFromString(_blob_bytes(array, double=double))
     return out
