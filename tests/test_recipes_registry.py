@@ -136,6 +136,12 @@ def test_transform_names_are_callables_of_the_data_module(s):
         assert callable(getattr(transforms, name, None)), f"rll_repro.data.transforms.{name}"
 
 
+@pytest.mark.parametrize("s", SETTINGS, ids=IDS)
+def test_sampler_names_are_classes_of_the_data_module(s):
+    samplers = pytest.importorskip("rll_repro.data.samplers", reason="needs rll_repro.data.samplers")
+    assert isinstance(getattr(samplers, s.sampler, None), type), f"rll_repro.data.samplers.{s.sampler}"
+
+
 def test_rll_annealing_targets_equal_the_last_loss_layer():
     """SPEC rll §3.2: solver targets equal the M head's values, so annealing is a no-op."""
     for name in ("rll-sop", "rll-inshop", "rll-market"):

@@ -8,10 +8,10 @@ and the tests prove each one equal to its original as a protobuf message.
 
 Names used across modules (strings, so this file imports nothing heavy):
 
-- ``sampler``: ``rll_classes_epoch`` (RLL ``get_train_minibatch_ori_aug_v05``/``_v04``: C classes x
-  K images, fresh class permutation per epoch), ``osm_classes_random`` (OSM ``get_train_minibatch``:
-  C random classes x K images every iteration), ``osm_tracklets`` (MARS/LPW: identities x
-  tracklets x frames).
+- ``sampler``: class names in :mod:`rll_repro.data.samplers` (``RLLBatchSampler``: RLL
+  ``get_train_minibatch_ori_aug_v05``/``_v04``, C classes x K images, fresh class permutation per
+  epoch; ``OSMBatchSampler``: OSM ``get_train_minibatch``, C random classes x K images every
+  iteration; ``TrackletBatchSampler``: MARS/LPW identities x tracklets x frames).
 - ``train_transform``/``test_transform``: names of the preprocessing callables in
   :mod:`rll_repro.data.transforms` (see the ``TRANSFORM_*`` constants below).
 - ``eval_protocol``: the ``--protocol`` names of ``rll-repro eval`` (sop, inshop, market, cars, cub,
@@ -42,9 +42,10 @@ TRANSFORM_MARKET_TEST = "market_test_transform"  # same framing, centre crop 227
 TRANSFORM_OSM = "osm_offline_transform"          # resize 224x224, BGR, mean; no augmentation
 # (CARS196/CUB apply it offline into the .mat cells; MARS/LPW apply it to every frame on the fly.)
 
-SAMPLER_RLL = "rll_classes_epoch"
-SAMPLER_OSM = "osm_classes_random"
-SAMPLER_OSM_VIDEO = "osm_tracklets"
+# Mini-batch samplers: class names in rll_repro.data.samplers.
+SAMPLER_RLL = "RLLBatchSampler"          # C classes x K images, epochs over random class subsets
+SAMPLER_OSM = "OSMBatchSampler"          # C random classes x K images, fresh draw every iteration
+SAMPLER_OSM_VIDEO = "TrackletBatchSampler"  # identities x tracklets x frames (MARS/LPW)
 
 
 @dataclass(frozen=True)
