@@ -329,18 +329,9 @@ class Solver:
         return model, state_path
 
     def save_model(self, path: str) -> None:
-        """The net's weights as a caffemodel, atomically (temporary file beside it, fsync, rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp_path = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            self.net.save(str(tmp_path))
-            with open(tmp_path, "rb") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp_path, path)
-        finally:
-            if tmp_path.exists():
-                tmp_path.unlink()
+        """The net's weights as a caffemodel (written atomically by caffe.io.write_caffemodel)."""
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.net.save(str(path))
 
     def restore(self, path: str | os.PathLike) -> None:
         """Caffe's Solver::Restore from a .solverstate (ours or Caffe's): iter, current_step, history,
