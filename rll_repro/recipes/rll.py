@@ -6,17 +6,11 @@ no-op), and the deploy nets the original MATLAB test scripts ran.
 """
 from __future__ import annotations
 
-from functools import partial
-
 from . import bninception as bn
 from .netspec import solver
 from .settings import (RLL_COMMIT, RLL_REPOSITORY, SAMPLER_RLL, TRANSFORM_MARKET_TEST,
                        TRANSFORM_MARKET_TRAIN, TRANSFORM_RLL_TEST, TRANSFORM_RLL_TRAIN, Deploy,
                        GeneratedFile, Original, Setting, register)
-
-SINGLE_HEAD_DECLARED_SIZE = 224
-"""Single-head deploys declare 224x224 input (the test code reshapes to 227 anyway, SPEC §0.9)."""
-CONCAT_DECLARED_SIZE = 227
 
 
 def _original(path: str) -> Original:
@@ -35,8 +29,16 @@ def _rll_solver(base_lr, gamma, stepvalues, weight_decay, max_iter, t_n):
                   pn_margin=0.4, p_temperature=0, n_temperature=t_n)
 
 
+def _deploy_builder(dim, heads, size):
+    return lambda: bn.rll_deploy_net(dim, heads, size).net
+
+
 def _deploys(folder, orig_folder, dim, specs, batch_size, checkpoints, published, extra=()):
-    """Deploy entries for ``specs`` = ((name, original suffix, heads, size, [batch, checkpoints])...)."""
+    """Deploy entries; ``specs`` = ((name, file, heads, declared size[, batch, checkpoints]), ...).
+
+    The declared input size is the original's: 224 in single-head deploys, 227 in concatenations
+    (the test code reshapes every input to 227 anyway, SPEC §0.9).
+    """
     out = []
     for spec in specs:
         name, file_name, heads, size = spec[:4]
@@ -44,7 +46,7 @@ def _deploys(folder, orig_folder, dim, specs, batch_size, checkpoints, published
         ckpts = spec[5] if len(spec) > 5 else checkpoints
         gen = GeneratedFile(
             f"{folder}/deploy/{file_name}", "deploy", _original(f"{orig_folder}/{file_name}"),
-            partial(lambda d, h, s: bn.rll_deploy_net(d, h, s).net, dim, heads, size),
+            _deploy_builder(dim, heads, size),
             used_by_release=name not in extra)
         out.append(Deploy(name, heads, gen, batch, ckpts, published.get(name, ())))
     return tuple(out)
