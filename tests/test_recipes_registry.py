@@ -156,3 +156,11 @@ def test_rll_annealing_targets_equal_the_last_loss_layer():
 def test_pretrained_weights_are_user_supplied_googlenet_bn():
     for s in SETTINGS:
         assert s.pretrained_weights == "googlenet_bn.caffemodel"
+
+
+@pytest.mark.parametrize("s", SETTINGS, ids=IDS)
+def test_setting_is_plain_json_data(s):
+    data = json.loads(json.dumps(s.as_dict()))
+    assert data["name"] == s.name and data["batch_size"] == s.batch_size
+    assert data["train"]["path"] == s.train.path and "build" not in data["train"]
+    assert s.name in s.describe() and s.train.path in s.describe()

@@ -21,7 +21,7 @@ Names used across modules (strings, so this file imports nothing heavy):
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 RLL_REPOSITORY = "XinshaoAmosWang/Ranked-List-Loss-for-DML"
@@ -136,6 +136,40 @@ class Setting:
                 return d
         raise KeyError(f"setting {self.name} has no deploy {name!r}; "
                        f"it has {', '.join(d.name for d in self.deploys)}")
+
+    def as_dict(self) -> dict:
+        """Plain JSON-ready data (file builders left out), e.g. for ``reproduce --list --json``."""
+        def strip(obj):
+            if isinstance(obj, dict):
+                return {k: strip(v) for k, v in obj.items() if k != "build"}
+            if isinstance(obj, (list, tuple)):
+                return [strip(v) for v in obj]
+            return obj
+
+        out = strip(asdict(self))
+        out.update(batch_size=self.batch_size, snapshot_iters=list(self.snapshot_iters))
+        return out
+
+    def describe(self) -> str:
+        """A few human-readable lines: what ``rll-repro reproduce`` will run for this setting."""
+        batch = f"{self.classes_per_batch} x {self.images_per_class}"
+        if self.tracklets_per_class:
+            batch += f" ({self.tracklets_per_class} tracklets x {self.frames_per_tracklet} frames)"
+        lines = [f"{self.name}: {self.description}",
+                 f"  train   {self.train.path}  (batch {batch} = {self.batch_size}, "
+                 f"{self.sampler}, {self.train_transform})",
+                 f"  solver  {self.solver.path}  (max_iter {self.max_iter}, snapshots every "
+                 f"{self.save_interval} from {self.save_start}, seed {self.seed})",
+                 f"  weights {self.pretrained_weights} (user-supplied ImageNet BN-Inception)",
+                 f"  data    {', '.join(self.data_files)} (the original .mat lists)",
+                 f"  eval    --protocol {self.eval_protocol}, Recall@{self.recall_ks}"]
+        for d in self.deploys:
+            ck = d.checkpoints
+            span = f"{ck[0]}" if len(ck) == 1 else f"{ck[0]}..{ck[-1]} ({len(ck)} checkpoints)"
+            lines.append(f"  deploy  {d.name:<9} {d.file.path}  heads {','.join(d.heads)}; "
+                         f"iters {span}")
+        lines += [f"  published {key}" for key in self.published]
+        return "\n".join(lines)
 
     @property
     def files(self) -> tuple[GeneratedFile, ...]:
