@@ -9,7 +9,8 @@
 Modules: :mod:`.settings` (the dataclasses and the registry), :mod:`.rll` and :mod:`.osm_caa` (the
 released configurations), :mod:`.bninception` (the nets), :mod:`.netspec` (the builder),
 :mod:`.generate` (rendering ``prototxt/``). Engineer F's :mod:`.digits` registers ``digits`` when
-present. Importing this package needs the protobuf bindings only when a net is built.
+present (it calls :func:`register` or defines ``SETTING``). Building a net needs the protobuf
+bindings.
 """
 from __future__ import annotations
 
@@ -25,10 +26,14 @@ def _load() -> None:
     from . import rll  # noqa: F401  (registers the RLL settings first)
     from . import osm_caa  # noqa: F401
     try:
-        importlib.import_module(f"{__name__}.digits")  # registers itself via register()
+        digits = importlib.import_module(f"{__name__}.digits")
     except ModuleNotFoundError as exc:
         if exc.name != f"{__name__}.digits":
             raise
+        return
+    setting = getattr(digits, "SETTING", None)  # digits.py may call register() itself instead
+    if isinstance(setting, Setting) and setting.name not in REGISTRY:
+        register(setting)
 
 
 def get(name: str) -> Setting:
