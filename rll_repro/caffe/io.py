@@ -232,17 +232,17 @@ def _read_text(path, message_type, expected: str):
         if b"\x00" in data[:4096]:
             raise FormatError(f"{path}: {_not_protobuf_reason(data)}, not a text {KIND_NAMES[expected]}")
     text = _decode_text(data, path)
-    if not text.strip():
+    if not re.sub(r"#[^\n]*", "", text).strip():
         raise FormatError(f"{path}: contains no fields (expected a {KIND_NAMES[expected]})")
     try:
         return _parse_text(text, message_type(), path)
-    except FormatError:
+    except FormatError as original:
         other_type, other = ((caffe_pb2.SolverParameter, "solver_prototxt") if expected == "net_prototxt"
                              else (caffe_pb2.NetParameter, "net_prototxt"))
         try:
             _parse_text(text, other_type(), path)
         except FormatError:
-            raise
+            raise original from None
         raise FormatError(f"{path}: this is a {KIND_NAMES[other]}, not a {KIND_NAMES[expected]}") from None
 
 

@@ -164,7 +164,7 @@ def solver_report(solver) -> dict:
     report = {}
     for name in fields:
         field = solver.DESCRIPTOR.fields_by_name[name]
-        if field.label == field.LABEL_REPEATED:
+        if _is_repeated(field):
             values = [_float32_repr(v) if field.type == field.TYPE_FLOAT else v for v in getattr(solver, name)]
             if values:
                 report[name] = values
@@ -177,6 +177,11 @@ def solver_report(solver) -> dict:
             report[name] = value
     report["lr_schedule"] = lr_schedule(solver)
     return report
+
+
+def _is_repeated(field) -> bool:
+    repeated = getattr(field, "is_repeated", None)  # protobuf >= 6.30; older runtimes only have .label
+    return bool(repeated) if repeated is not None else field.label == field.LABEL_REPEATED
 
 
 def _float32_repr(value: float) -> float:
