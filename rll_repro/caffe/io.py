@@ -133,6 +133,11 @@ def _not_protobuf_reason(data: bytes) -> str:
     return "not a Caffe file (its protobuf fields fit no Caffe message)"
 
 
+def _is_binary(data: bytes) -> bool:
+    """Text prototxts never hold NUL bytes and are UTF-8; serialised blobs nearly always break both."""
+    return b"\x00" in data or not _is_utf8(data)
+
+
 def _looks_like_text(data: bytes) -> bool:
     head = data[:4096]
     if b"\x00" in head:
@@ -151,7 +156,7 @@ def detect_kind(path) -> str:
     if not data:
         raise FormatError(f"{path}: empty file")
     kind, _ = _binary_kind(data)
-    if kind is not None and not _looks_like_text(data):
+    if kind is not None and _is_binary(data):
         return kind
     if _looks_like_text(data) or _is_utf8(data):
         text = _decode_text(data, path)
@@ -225,7 +230,7 @@ def _parse_text(text: str, msg, where):
 
 def _read_text(path, message_type, expected: str):
     data = _read_bytes(path, expected)
-    if not _looks_like_text(data) and not _is_utf8(data):
+    if _is_binary(data):
         kind, _ = _binary_kind(data)
         if kind is not None:
             raise FormatError(f"{path}: this is a binary {KIND_NAMES[kind]}, not a text {KIND_NAMES[expected]}")
