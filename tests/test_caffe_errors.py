@@ -205,3 +205,15 @@ def test_cli_convert_rejects_keys_for_layers_the_net_lacks(tmp_path):
     net.write_text('layer { name: "fc" type: "InnerProduct" }\n')
     result = _cli("convert", tmp_path / "w.npz", tmp_path / "m.caffemodel", "--net", net)
     assert result.returncode == 2 and "has no layer named 'fc2'" in result.stderr
+
+
+def test_caffemodel_starting_with_many_text_like_layers_is_still_binary(tmp_path):
+    """Kind detection looks at NUL bytes / UTF-8 validity of the whole file, not at its first bytes."""
+    net = caffe_pb2.NetParameter(name="n")
+    for i in range(300):
+        net.layer.add(name=f"relu_layer_number_{i}", type="ReLU", bottom=[f"blob_{i}"], top=[f"blob_{i + 1}"])
+    net.layer.add(name="fc", type="InnerProduct").blobs.add().CopyFrom(array_to_blob(np.ones((3, 3))))
+    path = tmp_path / "m.caffemodel"
+    path.write_bytes(net.SerializeToString())
+    assert caffe_io.detect_kind(path) == "caffemodel"
+    assert len(caffe_io.read_caffemodel(path).layer) == 301
