@@ -60,13 +60,12 @@ def load_net_param(source) -> "object":
 
         return caffe_io.read_net_prototxt(source)
     if hasattr(source, "layer"):
-        if len(getattr(source, "layers", ())) and not len(source.layer):
-            from rll_repro.caffe import io as caffe_io
+        from rll_repro.caffe.upgrade import net_needs_upgrade, upgrade_net
 
-            upgrade = getattr(caffe_io, "upgrade_net", None)
-            if upgrade is None:
-                raise NetError("net uses the V1 'layers' field; read it with rll_repro.caffe.io to upgrade it")
-            return upgrade(source)
+        if net_needs_upgrade(source):
+            upgraded = type(source)()
+            upgraded.CopyFrom(source)
+            return upgrade_net(upgraded)
         return source
     raise NetError(f"cannot build a net from {type(source).__name__} (need a prototxt path or a NetParameter)")
 

@@ -39,7 +39,8 @@ def _cases():
     if FIXTURE_DIR.is_dir():  # the small copies run even without ../shared
         for case in sorted(FIXTURE_DIR.iterdir()):
             if (case / "case.npz").exists():
-                found.setdefault(f"fixture/{case.name}", case)
+                fork, _, name = case.name.partition("__")
+                found.setdefault(f"{fork}/{name}", case)
     return found
 
 
