@@ -64,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
             description=getattr(module, "DESCRIPTION", module.HELP),
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
-        p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,  # keep a --debug given before the verb
+                       help="show full tracebacks on errors")
         module.add_arguments(p)
         p.set_defaults(_run=module.run)
     return parser

@@ -217,3 +217,10 @@ def test_caffemodel_starting_with_many_text_like_layers_is_still_binary(tmp_path
     path.write_bytes(net.SerializeToString())
     assert caffe_io.detect_kind(path) == "caffemodel"
     assert len(caffe_io.read_caffemodel(path).layer) == 301
+
+
+def test_cli_debug_before_the_verb_shows_the_traceback_too(tmp_path):
+    path = tmp_path / "empty.caffemodel"
+    path.write_bytes(b"")
+    result = _cli("--debug", "inspect", path)
+    assert result.returncode != 0 and "Traceback" in result.stderr and "FormatError" in result.stderr
