@@ -12,13 +12,14 @@
   on the first n elements, 0 elsewhere. The RLL fork's L1 branch is buggy and unused there
   (SPEC rll §2.1): building it in an RLL-dialect net is a NetError.
 
-Float32 inputs are computed in float64 and rounded where Caffe stores a float (see _pairwise).
+Elementwise work runs in the input's dtype (the same float operations as Caffe); sums are
+accumulated in float64 and rounded once; pow in double, as in the C++ (see _pairwise).
 """
 from __future__ import annotations
 
 import torch
 
-from rll_repro.layers._pairwise import F64, rounder
+from rll_repro.layers._pairwise import F64, sum64
 from rll_repro.layers._util import check_bottoms, check_tops, fail, has
 from rll_repro.layers.base import Layer
 from rll_repro.layers.registry import register
@@ -26,16 +27,18 @@ from rll_repro.layers.registry import register
 L1, L2 = 1, 2
 
 
+def _pow(q: torch.Tensor, eps: float, exponent: float) -> torch.Tensor:
+    """float(pow(q + eps, exponent)) evaluated in double, as the C++ does."""
+    return torch.pow(q.to(F64) + eps, exponent).to(q.dtype)
+
+
 class L2NormalizeFunction(torch.autograd.Function):
     """Caffe's per-sample L2 Normalization with its own backward (norm recomputed from x)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, eps: float):
-        r = rounder(x.dtype)
-        x2 = x.reshape(x.shape[0], -1).to(F64)
-        q = r((x2 * x2).sum(1, keepdim=True))
-        y = r(x2 * r(torch.pow(q + eps, -0.5)))
-        y = y.to(x.dtype).reshape(x.shape)
+        x2 = x.reshape(x.shape[0], -1)
+        y = (x2 * _pow(sum64(x2 * x2, 1, keepdim=True), eps, -0.5)).reshape(x.shape)
         ctx.save_for_backward(x, y)
         ctx.eps = eps
         return y
@@ -43,13 +46,10 @@ class L2NormalizeFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_y: torch.Tensor):
         x, y = ctx.saved_tensors
-        r = rounder(x.dtype)
         n = x.shape[0]
-        x2, y2, g2 = (t.reshape(n, -1).to(F64) for t in (x, y, grad_y))
-        a = r((y2 * g2).sum(1, keepdim=True))
-        t = r(g2 - r(a * y2))
-        scale = r(torch.pow(r((x2 * x2).sum(1, keepdim=True)) + ctx.eps, -0.5))
-        return r(t * scale).to(x.dtype).reshape(x.shape), None
+        x2, y2, g2 = (t.reshape(n, -1) for t in (x, y, grad_y))
+        t = g2 - sum64(y2 * g2, 1, keepdim=True) * y2
+        return (t * _pow(sum64(x2 * x2, 1, keepdim=True), ctx.eps, -0.5)).reshape(x.shape), None
 
 
 class L1BatchNormalizeFunction(torch.autograd.Function):
@@ -59,25 +59,22 @@ class L1BatchNormalizeFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor):
-        r = rounder(x.dtype)
         n = x.shape[0]
-        head = x.reshape(-1)[:n].to(F64)
-        scale = r(1.0 / (r(head.abs().sum()) + L1BatchNormalizeFunction.EPS))
+        head = x.reshape(-1)[:n]
+        scale = _pow(sum64(head.abs()), L1BatchNormalizeFunction.EPS, -1.0)
         y = torch.zeros(x.numel(), dtype=x.dtype, device=x.device)
-        y[:n] = r(head * scale).to(x.dtype)
-        ctx.save_for_backward(y[:n].clone())
-        ctx.scale, ctx.shape, ctx.n = scale, x.shape, n
+        y[:n] = head * scale
+        ctx.save_for_backward(y[:n].clone(), scale)
+        ctx.shape, ctx.n = x.shape, n
         return y.reshape(x.shape)
 
     @staticmethod
     def backward(ctx, grad_y: torch.Tensor):
-        (y,) = ctx.saved_tensors
-        r = rounder(grad_y.dtype)
+        y, scale = ctx.saved_tensors
         n = ctx.n
-        g = grad_y.reshape(-1)[:n].to(F64)
-        a = r((y.to(F64) * g).sum())
+        g = grad_y.reshape(-1)[:n]
         grad = torch.zeros(grad_y.numel(), dtype=grad_y.dtype, device=grad_y.device)
-        grad[:n] = r(r(g - a) * ctx.scale).to(grad_y.dtype)
+        grad[:n] = (g - sum64(y * g)) * scale
         return grad.reshape(ctx.shape)
 
 

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from rll_repro.errors import DataError
-from rll_repro.layers._pairwise import F64, apply_pair_coefficients, labels_equal, pair_distances, rounder
+from rll_repro.layers._pairwise import F64, apply_pair_coefficients, labels_equal, pair_sq_distances
 from rll_repro.layers._util import canonical_axis, check_bottoms, check_tops, count, fail, has
 from rll_repro.layers.base import Layer
 from rll_repro.layers.registry import register
@@ -41,21 +41,16 @@ EPS_NEG = float(f32(1e-4))  # Dtype(1e-4) in the negative-pair denominator
 def gaussian_pdf(x: torch.Tensor, mean: float, sigma: float) -> torch.Tensor:
     """The fork's Gaussian: (1/sqrt(2 pi sigma^2)) exp(-0.5 ((x - mean)/sigma)^2), elementwise.
 
-    Float32 input follows SPEC osm §2.3: (x - mean)/sigma in float, the exponent in double rounded
-    to float, the divider sqrt(2 pi sigma^2) in double rounded to float, its reciprocal in float,
-    the product with exp in double rounded to float. Float64 input: plain float64.
+    Float32 follows SPEC osm §2.3: (x - mean)/sigma in float; the exponent -0.5 q q (double, rounded
+    to float: the same as the float product since -0.5 q is exact); the divider sqrt(2 pi sigma^2)
+    in double rounded to float, its reciprocal in float; exp and the final product in double,
+    rounded to float. Float64 input: the same formula in float64.
     """
-    return _gaussian_pdf64(x.to(F64), mean, sigma, x.dtype).to(x.dtype)
-
-
-def _gaussian_pdf64(x64: torch.Tensor, mean: float, sigma: float, dtype: torch.dtype) -> torch.Tensor:
-    """gaussian_pdf on a float64 tensor holding ``dtype`` values (float64 result)."""
-    r = rounder(dtype)
     mean, sigma = float(f32(mean)), float(f32(sigma))
     divider = math.sqrt(2 * math.pi * sigma * sigma)
-    inv_divider = float(f32(1) / f32(divider)) if dtype == torch.float32 else 1.0 / divider
-    q = r(r(x64 - mean) / sigma)
-    return r(inv_divider * torch.exp(r(-0.5 * q * q)))
+    inv_divider = float(f32(1) / f32(divider)) if x.dtype == torch.float32 else 1.0 / divider
+    q = (x - mean) / sigma
+    return (inv_divider * torch.exp((-0.5 * q * q).to(F64))).to(x.dtype)
 
 
 def osm_caa_value_and_grad(emb: torch.Tensor, labels: torch.Tensor, scores: torch.Tensor, margin: float = 1.2,
@@ -65,35 +60,34 @@ def osm_caa_value_and_grad(emb: torch.Tensor, labels: torch.Tensor, scores: torc
     and CAA scores s (N...), in ``emb.dtype``; the gradient is Caffe's bottom diff for ``top_diff``."""
     n = emb.shape[0]
     p = n * (n - 1) // 2
-    r = rounder(emb.dtype)
+    dt = emb.dtype
     margin = float(f32(margin))
     with torch.no_grad():
-        f = emb.reshape(n, -1).to(F64)
-        d2, d, dup = pair_distances(f, r)
+        d2, f64 = pair_sq_distances(emb.reshape(n, -1))
+        d = torch.sqrt(d2)
         same = labels_equal(labels)
-        upper = torch.ones(n, n, dtype=torch.bool, device=emb.device).triu_(1)
-        mdist = r(margin - d)
+        mdist = margin - d
         hinge = mdist.clamp_min(0.0)
-        terms = torch.where(same, d2, r(hinge * hinge))
-        value = r(r(terms[upper].sum() / p) / 2)
+        terms = torch.where(same, d2, hinge * hinge).fill_diagonal_(0.0)
+        pair_sum = (terms.sum(dtype=F64) / 2).to(dt)  # both triangles counted: halve (exact)
+        value = pair_sum / p / 2
         if not need_grad:
-            return value.to(emb.dtype), None
-        lam = float(top_diff) if not torch.is_tensor(top_diff) else float(top_diff.detach().reshape(()))
-        alpha = float(r(torch.tensor(lam / p, dtype=F64)))
-        beta = torch.where(mdist > 0, r(r(-alpha * mdist) / r(d + EPS_NEG)), 0.0)
-        coef = torch.where(same, alpha, beta)
-        s = scores.reshape(-1).to(F64)
+            return value, None
+        lam = float(top_diff.detach().reshape(())) if torch.is_tensor(top_diff) else float(top_diff)
+        alpha = float(f32(lam) / f32(p)) if dt == torch.float32 else lam / p
+        beta = torch.where(mdist > 0, (-alpha * mdist) / (d + EPS_NEG), 0.0)
+        coef = torch.where(same, alpha, beta).to(dt)
+        s = scores.reshape(-1).to(dt)
         caa = torch.minimum(s[:, None], s[None, :])
-        raw = torch.where(same, _gaussian_pdf64(d, mean, sigma, emb.dtype), hinge)
-        rc = r(raw * caa)
-        pos, neg = same & upper, ~same & upper
-        s_pos = r(r(rc[pos].sum()) + EPS_SET)
-        s_neg = r(r(rc[neg].sum()) + EPS_SET)
-        w = r(0.5 * rc / torch.where(same, s_pos, s_neg))
-        a = (w * coef).masked_fill_(dup, 0.0)
-        a.fill_diagonal_(0.0)
-        grad = r(apply_pair_coefficients(f, a))
-    return value.to(emb.dtype), grad.to(emb.dtype).reshape(emb.shape)
+        raw = torch.where(same, gaussian_pdf(d, mean, sigma), hinge)
+        rc = (raw * caa).fill_diagonal_(0.0)
+        s_pos = (torch.where(same, rc, 0.0).sum(dtype=F64) / 2).to(dt) + EPS_SET  # float S += 1e-12
+        s_neg = (torch.where(same, 0.0, rc).sum(dtype=F64) / 2).to(dt) + EPS_SET
+        sets = torch.where(same, s_pos, s_neg).to(F64)
+        w = (0.5 * raw.to(F64) * caa.to(F64) / sets).to(dt)  # 0.5 * raw * c / S in double
+        a = (w * coef).masked_fill_(d2 == 0, 0.0)
+        grad = apply_pair_coefficients(f64, a).to(dt)
+    return value, grad.reshape(emb.shape)
 
 
 class OSMCAAFunction(torch.autograd.Function):
@@ -216,13 +210,13 @@ class WeightedSoftmaxFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, labels, weights, axis, ignore_label):
-        r = rounder(logits.dtype)
-        z = logits.to(F64).movedim(axis, -1)
+        dt = logits.dtype
+        z = logits.detach().to(F64).movedim(axis, -1)
         shape = z.shape
         z = z.reshape(-1, shape[-1])
-        q = r(torch.softmax(z, dim=1))
+        q = torch.softmax(z, dim=1).to(dt)  # Caffe's max-subtracted float softmax, within 1 ulp
         lab = labels.detach().reshape(-1).to(torch.int64)
-        w = weights.detach().reshape(-1).to(F64)
+        w = weights.detach().reshape(-1).to(dt)
         if lab.numel() != z.shape[0] or w.numel() != z.shape[0]:
             raise DataError(f"WeightedSoftmaxWithLoss: {z.shape[0]} predictions, {lab.numel()} labels, {w.numel()} weights")
         valid = lab != ignore_label if ignore_label is not None else torch.ones_like(lab, dtype=torch.bool)
@@ -230,12 +224,12 @@ class WeightedSoftmaxFunction(torch.autograd.Function):
             raise DataError(f"WeightedSoftmaxWithLoss: label out of range [0, {shape[-1]})")
         safe = torch.where(valid, lab, 0)
         q_true = q.gather(1, safe[:, None])[:, 0]
-        terms = torch.where(valid, w * r(torch.log(q_true.clamp_min(FLT_MIN))), 0.0)
-        value = r(-terms.sum())
+        terms = torch.where(valid, w * torch.log(q_true.clamp_min(FLT_MIN).to(F64)).to(dt), 0.0)
+        value = (-terms.sum(dtype=F64)).to(dt)
         onehot = torch.zeros_like(q).scatter_(1, safe[:, None], 1.0)
-        grad = torch.where(valid[:, None], r(r(q - onehot) * w[:, None]), 0.0)
-        ctx.save_for_backward(grad.reshape(shape).movedim(-1, axis).to(logits.dtype))
-        return value.to(logits.dtype)
+        grad = torch.where(valid[:, None], (q - onehot) * w[:, None], 0.0)
+        ctx.save_for_backward(grad.reshape(shape).movedim(-1, axis))
+        return value
 
     @staticmethod
     def backward(ctx, grad_out):

@@ -32,14 +32,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from rll_repro.layers._pairwise import (
-    F64,
-    apply_pair_coefficients,
-    labels_equal,
-    pair_distances,
-    rounder,
-    upper_pairs_mean,
-)
+from rll_repro.layers._pairwise import F64, apply_pair_coefficients, labels_equal, pair_sq_distances, sum64
 from rll_repro.layers._util import check_bottoms, check_tops, fail, has
 from rll_repro.layers.base import Layer
 from rll_repro.layers.registry import register
@@ -69,31 +62,71 @@ class RLLParams:
             object.__setattr__(self, name, float(f32(getattr(self, name))))
 
 
-def _pair_weights(d, same, eye, params: RLLParams, r, pos_boundary: float, neg_boundary: float):
-    """(w+, w-): Caffe's pow(base, T * t) with t > 0 strictly, else 0; both (N, N) float64."""
-    pos = same & ~eye
-    neg = ~same
-    tp = r(d - pos_boundary)
-    tn = r(neg_boundary - d)
-    wp = torch.where(pos & (tp > 0), r(torch.pow(params.base_p, r(params.scale_p * tp))), 0.0)
-    wn = torch.where(neg & (tn > 0), r(torch.pow(params.base_n, r(params.scale_n * tn))), 0.0)
-    return wp, wn
+def _pair_weights(d, same, params: RLLParams, pos_boundary: float, neg_boundary: float) -> torch.Tensor:
+    """(N, N) w_ij = pow(base, T * t) where t > 0 strictly, else 0 (diagonal 0), in d's dtype.
+
+    t = d - pos_boundary for positives, neg_boundary - d for negatives; every operation is the
+    float operation Caffe performs (d, boundaries and T are floats).
+    """
+    t = torch.where(same, d - pos_boundary, neg_boundary - d)
+    scale = torch.where(same, params.scale_p, params.scale_n).to(d.dtype)
+    if params.base_p == params.base_n:
+        w = torch.pow(params.base_p, scale * t)
+    else:
+        w = torch.pow(torch.where(same, params.base_p, params.base_n).to(d.dtype), scale * t)
+    w = torch.where(t > 0, w, 0.0)
+    return w.fill_diagonal_(0.0)
 
 
-def _anchor_coefficients(wp, wn, r):
-    """K+_ij, K-_ij: 0.5 w_ij / S_i * (S+_i + S-_i) / Z, each row using its own anchor's sums."""
-    sp = r(EPS_SUM + wp.sum(1, keepdim=True))
-    sn = r(EPS_SUM + wn.sum(1, keepdim=True))
-    z = r(EPS_SUM + (sp + sn).sum())
-    share = r(r(sp + sn) / z)
-    return r(r(0.5 * wp / sp) * share), r(r(0.5 * wn / sn) * share)
+def _anchor_coefficients(w, same):
+    """K_ij = 0.5 w_ij / S_i * ((S+_i + S-_i) / Z), S+/S- the anchor's sums over its positive /
+    negative pairs starting at 1e-8, Z = 1e-8 + sum_k (S+_k + S-_k); each row uses its own anchor.
+    ``0.5 * w`` is exact in float, so the float division equals Caffe's double quotient rounded."""
+    wp = torch.where(same, w, 0.0)
+    sp = sum64(wp, 1, keepdim=True, init=EPS_SUM)
+    sn = sum64(w - wp, 1, keepdim=True, init=EPS_SUM)
+    z = sum64(torch.cat([sp, sn], 1), init=EPS_SUM)
+    share = (sp + sn) / z
+    return (0.5 * w) / torch.where(same, sp, sn) * share
 
 
-def _reported_value(d, same, params: RLLParams, r):
-    """Unweighted squared-hinge mean over the P pairs (thresholds nt - m and nt), float64."""
+def _reported_value(d, same, params: RLLParams) -> torch.Tensor:
+    """Unweighted squared-hinge mean over the P pairs (thresholds nt - m and nt)."""
     pos_thr = float(f32(params.negative_threshold) - f32(params.pn_margin))
-    hinge = torch.where(same, r(d - pos_thr), r(params.negative_threshold - d)).clamp_min(0.0)
-    return upper_pairs_mean(r(hinge * hinge))
+    hinge = torch.where(same, d - pos_thr, params.negative_threshold - d).clamp_min_(0.0)
+    sq = (hinge * hinge).fill_diagonal_(0.0)
+    n = d.shape[0]
+    return (sq.sum(dtype=F64) / (n * (n - 1))).to(d.dtype)  # both triangles: 2 * sum_{i<j} / (2P)
+
+
+def _top_diff(top_diff) -> float:
+    return float(top_diff.detach().reshape(())) if torch.is_tensor(top_diff) else float(top_diff)
+
+
+def _rll_value_and_grad(emb, labels, params: RLLParams, top_diff, era: str):
+    n = emb.shape[0]
+    with torch.no_grad():
+        d2, f64 = pair_sq_distances(emb.reshape(n, -1))
+        d = torch.sqrt(d2)
+        same = labels_equal(labels)
+        m = f32(params.pn_margin)
+        if era == "v12":
+            bounds = float(f32(1) - m / f32(2)), float(f32(1) + m / f32(2))
+        else:
+            margin = f32(params.negative_threshold)
+            bounds = float(margin - m), float(margin)
+        w = _pair_weights(d, same, params, *bounds)
+        k = _anchor_coefficients(w, same)
+        k = torch.where(same, k, -k)
+        lam = _top_diff(top_diff)
+        if era == "v12":  # unit direction: c = float(1 / (d + 1e-6)), the sum taken in double
+            k = k * (lam * (1.0 / (d.to(F64) + EPS_UNIT)).to(d.dtype))
+        else:  # raw difference; the hinge mask is w > 0 (same boundaries)
+            k = k * lam
+        k.masked_fill_(d2 == 0, 0.0)  # f_i - f_j = 0: no contribution (no NaN)
+        grad = apply_pair_coefficients(f64, k).to(emb.dtype)
+        value = _reported_value(d, same, params)
+    return value, grad.reshape(emb.shape)
 
 
 def rll_v12_value_and_grad(emb: torch.Tensor, labels: torch.Tensor, params: RLLParams,
@@ -101,24 +134,9 @@ def rll_v12_value_and_grad(emb: torch.Tensor, labels: torch.Tensor, params: RLLP
     """(value, gradient) of the V12 layer for embeddings (N, D...) and labels (N...), Caffe-exact.
 
     The value does not depend on ``top_diff``; the gradient is Caffe's bottom diff for top diff
-    ``top_diff``. Results are in ``emb.dtype`` (float32: Caffe's float arithmetic, emulated).
+    ``top_diff``. Results are in ``emb.dtype`` (float32: Caffe's float arithmetic).
     """
-    n = emb.shape[0]
-    r = rounder(emb.dtype)
-    with torch.no_grad():
-        f = emb.reshape(n, -1).to(F64)
-        _, d, dup = pair_distances(f, r)
-        same = labels_equal(labels)
-        eye = torch.eye(n, dtype=torch.bool, device=emb.device)
-        m = f32(params.pn_margin)
-        wp, wn = _pair_weights(d, same, eye, params, r, float(f32(1) - m / f32(2)), float(f32(1) + m / f32(2)))
-        kp, kn = _anchor_coefficients(wp, wn, r)
-        unit = r(1.0 / (d + EPS_UNIT))
-        lam = float(top_diff) if not torch.is_tensor(top_diff) else float(top_diff.detach().reshape(()))
-        a = ((kp - kn) * r(lam * unit)).masked_fill_(dup, 0.0)
-        grad = r(apply_pair_coefficients(f, a))
-        value = r(_reported_value(d, same, params, r))
-    return value.to(emb.dtype), grad.to(emb.dtype).reshape(emb.shape)
+    return _rll_value_and_grad(emb, labels, params, top_diff, "v12")
 
 
 def rll_cvpr19_value_and_grad(emb: torch.Tensor, labels: torch.Tensor, params: RLLParams,
@@ -126,22 +144,8 @@ def rll_cvpr19_value_and_grad(emb: torch.Tensor, labels: torch.Tensor, params: R
     """The CVPR-era layer (commit ff2a4de4c, SPEC rll §1.5): boundaries ``margin - pn_margin`` and
     ``margin`` (= ``params.negative_threshold``), raw difference ``f_i - f_j`` instead of the unit
     vector, zero for non-violating pairs; same 0.5, S, Z, 1e-8 normalisation; value computed in
-    forward (current, not lagged)."""
-    n = emb.shape[0]
-    r = rounder(emb.dtype)
-    with torch.no_grad():
-        f = emb.reshape(n, -1).to(F64)
-        _, d, dup = pair_distances(f, r)
-        same = labels_equal(labels)
-        eye = torch.eye(n, dtype=torch.bool, device=emb.device)
-        margin = f32(params.negative_threshold)
-        wp, wn = _pair_weights(d, same, eye, params, r, float(margin - f32(params.pn_margin)), float(margin))
-        kp, kn = _anchor_coefficients(wp, wn, r)
-        lam = float(top_diff) if not torch.is_tensor(top_diff) else float(top_diff.detach().reshape(()))
-        a = ((kp - kn) * lam).masked_fill_(dup, 0.0)
-        grad = r(apply_pair_coefficients(f, a))
-        value = r(_reported_value(d, same, params, r))
-    return value.to(emb.dtype), grad.to(emb.dtype).reshape(emb.shape)
+    forward (current, not lagged). The value formula is V12's with ``margin`` as the threshold."""
+    return _rll_value_and_grad(emb, labels, params, top_diff, "cvpr19")
 
 
 class _CurrentValueFunction(torch.autograd.Function):
