@@ -21,7 +21,7 @@ Snapshots are Caffe's files (``<prefix>_iter_<N>.caffemodel`` and, as the RLL fo
 ``<prefix>_iter_<N>.caffemodel.solverstate``: iter, learned_net, history, current_step) plus a side
 file ``<solverstate>.rllstate`` with what Caffe cannot store (RNG states, the RLL layer's lagging top
 value and annealed settings, the data sampler's state), so that a resume is bitwise identical to an
-uninterrupted run on CPU. Every file is written atomically; the side file is written last.
+uninterrupted run on CPU. Every file is written atomically; the solverstate is written last.
 """
 from __future__ import annotations
 
@@ -305,8 +305,10 @@ class Solver:
         return _resolve(self.param.snapshot_prefix, Path.cwd()) if self.param.snapshot_prefix else "snapshot"
 
     def snapshot(self, prefix: str | os.PathLike | None = None) -> tuple[str, str]:
-        """Write ``<prefix>_iter_<N>.caffemodel``, ``...caffemodel.solverstate`` and the side file,
-        each atomically (model, then solverstate, then side file). Returns (model, solverstate)."""
+        """Write the side file, ``<prefix>_iter_<N>.caffemodel`` and ``...caffemodel.solverstate``,
+        each atomically and in that order, so an existing solverstate always has its model and side
+        file (a kill at any moment leaves the previous snapshot the latest complete one).
+        Returns (model, solverstate)."""
         from rll_repro.caffe import caffe_pb2
         from rll_repro.caffe.weights import array_to_blob
         from rll_repro.fileio import atomic_write_bytes
@@ -314,6 +316,7 @@ class Solver:
         prefix = str(prefix) if prefix is not None else self.snapshot_prefix()
         model = f"{prefix}_iter_{self.iter}.caffemodel"
         state_path = model + ".solverstate"
+        atomic_write_bytes(state_path + SIDE_SUFFIX, self._side_state_bytes())
         self.save_model(model)
         state = caffe_pb2.SolverState()
         state.iter = self.iter
@@ -321,8 +324,7 @@ class Solver:
         state.current_step = self.current_step
         for h in self.history:
             state.history.add().CopyFrom(array_to_blob(h.numpy()))
-        atomic_write_bytes(state_path, state.SerializeToString())
-        atomic_write_bytes(state_path + SIDE_SUFFIX, self._side_state_bytes())
+        atomic_write_bytes(state_path, state.SerializeToString())  # last: a solverstate means all three exist
         if self.log is not None:
             self.log.info(f"Snapshotting to binary proto file {model}", source="solver.cpp:454")
             self.log.info(f"Snapshotting solver state to binary proto file {state_path}", source="sgd_solver.cpp:273")

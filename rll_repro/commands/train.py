@@ -1,0 +1,130 @@
+"""rll-repro train: Caffe's ``caffe train`` driven by the original papers' MATLAB training loop."""
+from __future__ import annotations
+
+HELP = "train a net from a solver prototxt (caffe train + the papers' MATLAB loop), Caffe-format log"
+DESCRIPTION = """\
+Mirror of `caffe train --solver S [--weights W] [--snapshot X]`, running the loop of the original
+MATLAB scripts: every iteration the batch of that iteration is assembled by the data module and put
+into the net's input blobs, then solver.step(1). The loss the scripts print (the loss top after the
+step) is logged every --output-interval iterations in Caffe's glog line format (Caffe's
+tools/extra/parse_log.py reads the log); snapshots (caffemodel + solverstate in Caffe's formats, and
+a small .rllstate side file for a bitwise resume) are written when iter >= --save-start and
+iter % --save-interval == 0, and after the last iteration. At the end the loss and learning-rate
+curves are drawn to <out>/curves.png.
+
+Data (--data):
+  digits                 the shipped scikit-learn digits demo batches (classes 0-4, 5 x 6 per batch)
+  SETTING                a paper setting of `rll-repro reproduce --list` (rll-sop, osm-cars, ...):
+                         its sampler and train transform over --list FILE.mat (with --data-root)
+  none                   feed nothing (nets without input blobs)
+
+--weights copies weights by layer name into the freshly initialised net (Caffe's copy_from, e.g. the
+ImageNet BN-Inception model); --snapshot resumes from a .solverstate (ours or Caffe's; with our side
+file beside it the resume is bitwise identical to an unbroken run). A non-finite loss or gradient
+stops training with an error naming the iteration and the layer; snapshots already written stay intact.
+
+examples:
+  rll-repro train --solver prototxt/digits/solver.prototxt --data digits --out runs/digits
+  rll-repro train --solver prototxt/digits/solver.prototxt --data digits --out runs/digits \\
+      --snapshot runs/digits/digits_iter_100.caffemodel.solverstate
+  rll-repro train --solver prototxt/rll/sop/solver.prototxt --weights googlenet_bn.caffemodel \\
+      --data rll-sop --list SOP_TrainImagePathBoxCell.mat --data-root /data/Stanford_Online_Products
+"""
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--solver", required=True, help="solver prototxt")
+    parser.add_argument("--weights", help="caffemodel to initialise from (copy by layer name)")
+    parser.add_argument("--snapshot", help="solverstate to resume from")
+    parser.add_argument("--data", default="digits", help="batch source: digits, a paper setting name, or none (default digits)")
+    parser.add_argument("--list", dest="data_list", help="training list .mat for a paper setting")
+    parser.add_argument("--data-root", help="folder the list's image paths are relative to")
+    parser.add_argument("--workers", type=int, default=0, help="data loader worker processes (default 0)")
+    parser.add_argument("--seed", type=int, default=None, help="sampler seed (default: the setting's, 123)")
+    parser.add_argument("--max-iter", type=int, help="stop at this iteration (default: the solver's max_iter)")
+    parser.add_argument("--output-interval", type=int, default=20, help="log the loss every N iterations (default 20)")
+    parser.add_argument("--save-start", type=int, help="first iteration that may be snapshotted (default: the setting's)")
+    parser.add_argument("--save-interval", type=int, help="snapshot every N iterations (default: the setting's; none for digits)")
+    parser.add_argument("--out", default="runs/train", help="run folder: log, snapshots, curves (default runs/train)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--quiet", action="store_true", help="do not echo log lines to stderr")
+
+
+def _batch_source(args, solver):
+    from rll_repro.errors import DataError
+
+    name = args.data
+    if name == "none":
+        return None, {}
+    if name == "digits":
+        from rll_repro.recipes import digits
+
+        return digits.batch_source(seed=digits.SEED if args.seed is None else args.seed), {}
+    from rll_repro import recipes
+
+    setting = recipes.get(name)
+    if not args.data_list:
+        raise DataError(f"--data {name} needs --list (one of {', '.join(setting.data_files)})")
+    from rll_repro.data import loader, samplers, transforms
+    from rll_repro.train import LoaderBatchSource
+
+    seed = setting.seed if args.seed is None else args.seed
+    lst = loader.resolve_source(args.data_list, data_root=args.data_root)
+    sampler_cls = getattr(samplers, setting.sampler)
+    if setting.sampler == "TrackletBatchSampler":
+        raise DataError(f"--data {name}: video (tracklet) settings are not wired into `train` yet")
+    sampler = sampler_cls(lst.class_ids, setting.classes_per_batch, setting.images_per_class, seed=seed,
+                          num_iterations=setting.max_iter)
+    transform = getattr(transforms, setting.train_transform)
+    if isinstance(transform, type):
+        transform = transform()
+    train_loader = loader.make_train_loader(lst, sampler, transform, num_workers=args.workers)
+    return LoaderBatchSource(train_loader), {"save_start": setting.save_start, "save_interval": setting.save_interval,
+                                            "max_iter": setting.max_iter}
+
+
+def run(args) -> int:
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    from rll_repro.solver import get_solver
+    from rll_repro.train import Schedule, run_training
+    from rll_repro.trainlog import GlogWriter, plot_curves
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.weights and args.snapshot:
+        from rll_repro.errors import TrainingError
+
+        raise TrainingError("give either --weights or --snapshot, not both (as caffe train)")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    solver = get_solver(args.solver)
+    source, defaults = _batch_source(args, solver)
+    if args.weights:
+        solver.net.copy_from(args.weights)
+    prefix = str(out / (Path(solver.param.snapshot_prefix).name if solver.param.snapshot_prefix else "checkpoint"))
+    schedule = Schedule(
+        max_iter=args.max_iter if args.max_iter is not None else defaults.get("max_iter", int(solver.param.max_iter)),
+        output_interval=args.output_interval,
+        save_start=args.save_start if args.save_start is not None else defaults.get("save_start"),
+        save_interval=args.save_interval if args.save_interval is not None else defaults.get("save_interval"),
+        snapshot_prefix=prefix,
+    )
+    with GlogWriter(out / "train.log", echo=not args.quiet and not sys.stderr.isatty()) as log:
+        if source is not None:  # before restore, so the side file restores the sampler too
+            solver.state_hooks["batch_source"] = (source.state_dict, source.load_state_dict)
+        if args.snapshot:
+            log.info(f"Resuming from {args.snapshot}", source="solver.cpp:442")
+            solver.restore(args.snapshot)
+        history = run_training(solver, source, schedule, log)
+    history.save_json(out / "history.json")
+    if history.iterations:
+        plot_curves(history.iterations, history.losses, history.rates, out / "curves.png",
+                    title=Path(args.solver).name)
+    last = history.losses[-1] if history.losses else float("nan")
+    print(f"trained to iteration {solver.iter}, last loss {last:.6g}; log {out / 'train.log'}, "
+          f"curves {out / 'curves.png'}, snapshots {', '.join(Path(s).name for s in history.snapshots) or 'none'}")
+    return 0
