@@ -41,10 +41,18 @@ from rll_repro.errors import DataError
 
 def read_image_rgb(path: str) -> np.ndarray:
     """H x W x 3 uint8 RGB (grey replicated, as the scripts' ``cat(3, I, I, I)``) via torchvision.io."""
-    from torchvision.io import ImageReadMode, decode_image, read_file
+    import warnings
+
+    with warnings.catch_warnings():  # torchvision 0.29 deprecates its decoders in favour of torchcodec
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from torchvision.io import ImageReadMode, decode_image
 
     try:
-        tensor = decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
+        with open(path, "rb") as handle:
+            raw = torch.frombuffer(bytearray(handle.read()), dtype=torch.uint8)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            tensor = decode_image(raw, mode=ImageReadMode.RGB)
     except FileNotFoundError:
         raise DataError(f"{path}: image file is missing") from None
     except RuntimeError as exc:
@@ -103,7 +111,8 @@ class ListDataset(Dataset):
         if isinstance(key, Sample):
             index, rng = key.index, sample_rng(self.seed, key.iteration, key.slot)
         else:
-            index, rng = int(key), sample_rng(self.seed, -1, int(key))
+            index = int(key)
+            rng = np.random.default_rng([self.seed, 3, index])  # test-time transforms draw nothing
         image = self.load(index)
         if self.transform is not None:
             if self.use_boxes and self.list.boxes is not None:
