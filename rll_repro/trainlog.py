@@ -115,8 +115,8 @@ def plot_curves(iterations: Sequence[int], losses: Sequence[float], rates: Seque
     loss = np.asarray(losses, dtype=np.float64)
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
     ax1.plot(it, loss, lw=1)
-    if np.all(loss[np.isfinite(loss)] > 0) and loss.size:
-        ax1.set_yscale("log")
+    if np.any(loss > 0):
+        ax1.set_yscale("log", nonpositive="mask")  # a loss of exactly 0 is left out
     ax1.set_ylabel("loss")
     ax1.set_title(title)
     ax1.grid(alpha=0.3)
