@@ -38,12 +38,40 @@ def add_arguments(parser) -> None:
 
 
 def add_shape_arguments(parser) -> None:
-    """Extra options for net kinds (hook: e.g. --shapes / --input-shape data=N,C,H,W)."""
+    """Extra options for net kinds: --shapes / --input-shape data=N,C,H,W (rll_repro.net)."""
+    parser.add_argument("--shapes", action="store_true",
+                        help="build the net (rll_repro.net.Net) and print every blob's shape")
+    parser.add_argument("--input-shape", action="append", default=[], metavar="BLOB=N,C,H,W",
+                        help="with --shapes: reshape an input blob first (repeatable)")
+    parser.add_argument("--phase", choices=("train", "test"), default="test",
+                        help="with --shapes: the phase whose layers are built (default test)")
 
 
 def shape_section(net_param, args) -> dict | None:
-    """Extra report entries for net kinds (hook: e.g. {"blob_shapes": {...}}); None adds nothing."""
-    return None
+    """{"blob_shapes": {blob: [dims]}} when --shapes is given: Caffe's Reshape through the built net."""
+    if not getattr(args, "shapes", False):
+        if getattr(args, "input_shape", None):
+            from rll_repro.errors import RLLReproError
+
+            raise RLLReproError("--input-shape needs --shapes")
+        return None
+    from rll_repro.errors import RLLReproError
+    from rll_repro.net import Net
+
+    net = Net(net_param, phase=args.phase, seed=0)
+    for spec in args.input_shape:
+        name, _, dims = spec.partition("=")
+        try:
+            shape = [int(d) for d in dims.split(",") if d.strip()]
+        except ValueError:
+            shape = []
+        if not name or not shape or any(d < 0 for d in shape):
+            raise RLLReproError(f"--input-shape {spec!r}: expected BLOB=N,C,H,W with non-negative integers")
+        if name not in net.inputs:
+            raise RLLReproError(f"--input-shape {spec!r}: {name!r} is not an input blob (inputs: {', '.join(net.inputs)})")
+        net.blobs[name].reshape(*shape)
+    net.reshape()
+    return {"blob_shapes": {name: list(shape) for name, shape in net.blob_shapes.items()}}
 
 
 # -- reports ------------------------------------------------------------------------------------
@@ -235,8 +263,12 @@ def format_report(report: dict) -> str:
         lines += _table(rows)
         for key, value in report.items():
             if key not in ("kind", "file", "bytes", "name", "num_layers", "num_params", "layer_types", "layers",
-                           "format"):
+                           "format", "blob_shapes"):
                 lines.append(f"{key}: {value}")
+        if "blob_shapes" in report:
+            lines.append("blob shapes:")
+            lines += _table([("blob", "shape")] + [
+                (name, "x".join(str(d) for d in shape) or "scalar") for name, shape in report["blob_shapes"].items()])
     elif kind == "solver_prototxt":
         for key, value in report.items():
             if key not in ("kind", "file", "bytes", "lr_schedule"):
