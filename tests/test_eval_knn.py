@@ -1,0 +1,70 @@
+"""Blocked kNN / first-hit ranks against a brute-force MATLAB-order reference.
+
+The reference is the full similarity matrix sorted with a stable sort (MATLAB's ``sort`` keeps
+ties in index order). Features are rounded to one decimal so that exact ties are frequent; both
+sides use float32 similarities, and the comparison is exact (same matmul kernel on the same rows).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from rll_repro.errors import DataError
+from rll_repro.eval.knn import first_hit_ranks, knn, l2_normalize
+
+
+def _tied_features(n=300, d=6, seed=0):
+    rng = np.random.default_rng(seed)
+    x = np.round(rng.standard_normal((n, d)), 1).astype(np.float32)
+    x[5] = x[17]  # exact duplicates
+    x[40] = x[41] = x[42]
+    return x, rng.integers(0, n // 4, n)
+
+
+def _reference_order(x, exclude_self=True):
+    xn = l2_normalize(x)
+    s = torch.mm(torch.from_numpy(xn), torch.from_numpy(xn).T).numpy()
+    if exclude_self:
+        np.fill_diagonal(s, -np.inf)
+    return np.argsort(-s, axis=1, kind="stable"), s
+
+
+@pytest.mark.parametrize("block_rows", [1, 7, 64, 1000])
+def test_first_hit_ranks_equal_stable_sort_for_any_block_size(block_rows):
+    x, labels = _tied_features()
+    order, _ = _reference_order(x)
+    hits = labels[order] == labels[:, None]  # self sits last and is same-class
+    expected = hits.argmax(axis=1)
+    assert first_hit_ranks(x, labels, block_rows=block_rows).tolist() == expected.tolist()
+
+
+def test_first_hit_ranks_query_gallery_without_positive_is_gallery_size():
+    q = np.array([[1, 0]], np.float32)
+    g = np.array([[1, 0], [0, 1]], np.float32)
+    assert first_hit_ranks(q, [3], g, [1, 2]).tolist() == [2]
+
+
+@pytest.mark.parametrize("k", [1, 5, 37])
+def test_knn_matches_stable_sort_including_boundary_ties(k):
+    x, _ = _tied_features(seed=1)
+    order, s = _reference_order(x)
+    v, i = knn(x, k, block_rows=50)
+    assert i.tolist() == order[:, :k].tolist()
+    assert np.array_equal(v, np.take_along_axis(s, order[:, :k], axis=1))
+
+
+def test_knn_query_gallery_keeps_self_matches():
+    g = np.array([[1, 0], [0, 1], [1, 0]], np.float32)
+    v, i = knn(g[:1], 2, g)
+    assert i.tolist() == [[0, 2]]  # itself (no exclusion across sets), then its duplicate
+
+
+def test_knn_rejects_k_outside_gallery():
+    with pytest.raises(DataError, match="outside"):
+        knn(np.eye(3, dtype=np.float32), 4, np.eye(3, dtype=np.float32))
+
+
+def test_dimension_mismatch_is_an_error():
+    with pytest.raises(DataError, match="dims"):
+        first_hit_ranks(np.eye(2, dtype=np.float32), [0, 1], np.eye(3, dtype=np.float32), [0, 1, 2])
