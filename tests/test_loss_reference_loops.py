@@ -159,3 +159,17 @@ def test_osm_caa_v5_equals_per_pair_loop(dtype, margin, sigma, mean):
     tol = 1e-6 if dtype == np.float32 else 1e-12
     assert abs(float(v) - v_ref) <= tol * abs(v_ref)
     assert close(g, g_ref, dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_near_duplicate_pairs_use_the_exact_difference(dtype):
+    """Pairs whose Gram-form distance is within rounding error of 0 are recomputed from f_i - f_j:
+    exact duplicates get d = 0 (no contribution) and near duplicates their true tiny distance,
+    which the unit direction (f_i - f_j)/(d + 1e-6) amplifies."""
+    x, y = batch(7, n=10, d=8, dtype=dtype)
+    x[3] = x[1]
+    x[5] = x[2] + dtype(3e-6)
+    y[3], y[5] = y[1], y[2] + 1
+    v_ref, g_ref = loop_rll(x, y, RLLParams())
+    v, g = rll_v12_value_and_grad(torch.from_numpy(x), torch.from_numpy(y), RLLParams())
+    assert close(v, v_ref, dtype) and close(g, g_ref, dtype)

@@ -8,7 +8,10 @@ float64. The remaining difference to Caffe is its own summation-order noise (a f
 
 Distances: ``d2 = |f_i|^2 + |f_j|^2 - 2 f_i.f_j`` in float64 (no N*N*D tensor). Pairs whose Gram
 value is within the Gram form's rounding error of 0 (d2 < 1e-6 (|f_i|^2 + |f_j|^2)) are recomputed
-from ``f_i - f_j`` exactly as Caffe does (in chunks), so exact duplicates get d2 = 0 exactly.
+from ``f_i - f_j`` exactly as Caffe does (in chunks), so exact duplicates get d2 = 0 exactly, and
+their gradient terms use that difference too (the unit direction's 1/(d + 1e-6) would amplify the
+Gram form's cancellation error). Pathological batches (all rows equal) cost O(N^2 D) time there,
+still in chunks of bounded memory.
 """
 from __future__ import annotations
 
@@ -19,30 +22,53 @@ NEAR = 1e-6  # relative Gram d2 below which a pair is recomputed from its differ
 CHUNK = 4096  # pairs per chunk in that recomputation
 
 
-def pair_sq_distances(f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(d2, f64): Caffe's ``dot(f_i - f_j, f_i - f_j)`` for all ordered pairs of the rows of ``f``
-    (N x D), as an (N, N) tensor of ``f.dtype`` (diagonal 0), and ``f`` as float64."""
-    f64 = f.to(F64)
-    sq = (f64 * f64).sum(1)
-    scale = sq[:, None] + sq[None, :]
-    d2 = torch.addmm(scale, f64, f64.T, alpha=-2.0).clamp_min_(0.0)
-    d2.fill_diagonal_(0.0)
-    near = d2 < NEAR * scale
-    near |= near.T.clone()
-    near.fill_diagonal_(False)
-    if bool(near.any()):
-        i, j = near.nonzero(as_tuple=True)
+class PairGeometry:
+    """Caffe's per-pair squared distances of the rows of ``f`` (N x D) in Gram form.
+
+    ``d2``: (N, N) tensor of ``f.dtype``, ``dot(f_i - f_j, f_i - f_j)`` (diagonal 0, symmetric);
+    ``f64``: f as float64; ``near``: (i, j) index tensors of the pairs recomputed from their
+    difference vector (None if there are none).
+    """
+
+    def __init__(self, f: torch.Tensor):
+        f64 = f.to(F64)
+        sq = (f64 * f64).sum(1)
+        scale = sq[:, None] + sq[None, :]
+        d2 = torch.addmm(scale, f64, f64.T, alpha=-2.0).clamp_min_(0.0)
+        d2.fill_diagonal_(0.0)
+        near = d2 < NEAR * scale
+        near.fill_diagonal_(False)
+        self.near = None
+        if bool(near.any()):
+            near |= near.T.clone()  # the Gram matrix need not be bitwise symmetric
+            self.near = near.nonzero(as_tuple=True)
+            for a, b in self._chunks():
+                diff = f[a] - f[b]
+                d2[a, b] = (diff * diff).sum(1, dtype=F64)
+        d2 = d2.to(f.dtype)
+        self.d2 = torch.minimum(d2, d2.T)  # one distance per pair, as Caffe computes it once
+        self.f64 = f64
+
+    def _chunks(self):
+        i, j = self.near
         for start in range(0, len(i), CHUNK):  # chunks of near pairs, not a loop over samples
-            a, b = i[start:start + CHUNK], j[start:start + CHUNK]
-            diff = f[a] - f[b]
-            d2[a, b] = (diff * diff).sum(1, dtype=F64)
-    return d2.to(f.dtype), f64
+            yield i[start:start + CHUNK], j[start:start + CHUNK]
 
-
-def apply_pair_coefficients(f64: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-    """g_i = sum_j a_ij (f_i - f_j) in Gram form: f_i * rowsum(a)_i - (a @ f)_i, in float64."""
-    a64 = a.to(F64)
-    return f64 * a64.sum(1, keepdim=True) - a64 @ f64
+    def apply(self, a: torch.Tensor) -> torch.Tensor:
+        """g_i = sum_j a_ij (f_i - f_j), in float64: Gram form f_i * rowsum(a)_i - (a @ f)_i, except
+        for the near pairs, whose (large-coefficient) terms use the difference vector itself."""
+        a64 = a.to(F64)
+        if self.near is not None:
+            near_a = a64[self.near]
+            a64[self.near] = 0.0
+        g = self.f64 * a64.sum(1, keepdim=True) - a64 @ self.f64
+        if self.near is not None:
+            start = 0
+            for i, j in self._chunks():
+                coef = near_a[start:start + len(i), None]
+                g.index_add_(0, i, coef * (self.f64[i] - self.f64[j]))
+                start += len(i)
+        return g
 
 
 def labels_equal(labels: torch.Tensor) -> torch.Tensor:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from rll_repro.errors import DataError
-from rll_repro.layers._pairwise import F64, apply_pair_coefficients, labels_equal, pair_sq_distances
+from rll_repro.layers._pairwise import F64, PairGeometry, labels_equal
 from rll_repro.layers._util import canonical_axis, check_bottoms, check_tops, count, fail, has
 from rll_repro.layers.base import Layer
 from rll_repro.layers.registry import register
@@ -63,7 +63,8 @@ def osm_caa_value_and_grad(emb: torch.Tensor, labels: torch.Tensor, scores: torc
     dt = emb.dtype
     margin = float(f32(margin))
     with torch.no_grad():
-        d2, f64 = pair_sq_distances(emb.reshape(n, -1))
+        geometry = PairGeometry(emb.reshape(n, -1))
+        d2 = geometry.d2
         d = torch.sqrt(d2)
         same = labels_equal(labels)
         mdist = margin - d
@@ -86,7 +87,7 @@ def osm_caa_value_and_grad(emb: torch.Tensor, labels: torch.Tensor, scores: torc
         sets = torch.where(same, s_pos, s_neg).to(F64)
         w = (0.5 * raw.to(F64) * caa.to(F64) / sets).to(dt)  # 0.5 * raw * c / S in double
         a = (w * coef).masked_fill_(d2 == 0, 0.0)
-        grad = apply_pair_coefficients(f64, a).to(dt)
+        grad = geometry.apply(a).to(dt)
     return value, grad.reshape(emb.shape)
 
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from rll_repro.layers._pairwise import F64, apply_pair_coefficients, labels_equal, pair_sq_distances, sum64
+from rll_repro.layers._pairwise import F64, PairGeometry, labels_equal, sum64
 from rll_repro.layers._util import check_bottoms, check_tops, fail, has
 from rll_repro.layers.base import Layer
 from rll_repro.layers.registry import register
@@ -106,7 +106,8 @@ def _top_diff(top_diff) -> float:
 def _rll_value_and_grad(emb, labels, params: RLLParams, top_diff, era: str):
     n = emb.shape[0]
     with torch.no_grad():
-        d2, f64 = pair_sq_distances(emb.reshape(n, -1))
+        geometry = PairGeometry(emb.reshape(n, -1))
+        d2 = geometry.d2
         d = torch.sqrt(d2)
         same = labels_equal(labels)
         m = f32(params.pn_margin)
@@ -124,7 +125,7 @@ def _rll_value_and_grad(emb, labels, params: RLLParams, top_diff, era: str):
         else:  # raw difference; the hinge mask is w > 0 (same boundaries)
             k = k * lam
         k.masked_fill_(d2 == 0, 0.0)  # f_i - f_j = 0: no contribution (no NaN)
-        grad = apply_pair_coefficients(f64, k).to(emb.dtype)
+        grad = geometry.apply(k).to(emb.dtype)
         value = _reported_value(d, same, params)
     return value, grad.reshape(emb.shape)
 
