@@ -190,3 +190,15 @@ def test_missing_file_is_file_not_found(tmp_path):
 def test_bad_variable_name_is_a_format_error(tmp_path):
     with pytest.raises(FormatError, match="variable name"):
         savemat(tmp_path / "x.mat", {"1bad": 1})
+
+
+def test_independent_v73_reader_mat73_reads_our_files(tmp_path):
+    """Second opinion on the v7.3 writer: the PyPI reader ``mat73`` (optional, test-only) decodes it."""
+    mat73 = pytest.importorskip("mat73")
+    cell = np.empty((2, 2), dtype=object)
+    cell[0, 0], cell[0, 1], cell[1, 0], cell[1, 1] = "a/1.jpg", np.array([[1.0, 2, 3, 4]]), "b/2.jpg", np.array([[5.0, 6, 7, 8]])
+    savemat(tmp_path / "m.mat", {"TrainImagePathBoxCell": cell, "class_ids": np.array([[1.0], [2.0]]),
+                                 "s": {"name": "q"}, "e": []}, version="v7.3")
+    d = mat73.loadmat(str(tmp_path / "m.mat"))
+    assert d["TrainImagePathBoxCell"][1][0] == "b/2.jpg" and d["TrainImagePathBoxCell"][1][1].tolist() == [5, 6, 7, 8]
+    assert d["class_ids"].tolist() == [1.0, 2.0] and d["s"] == {"name": "q"} and d["e"] == []
