@@ -156,3 +156,12 @@ def test_second_opinion_bicubic_pytorch_port():
         img = rng.uniform(0, 255, (h, w))
         theirs = bp.imresize(torch.from_numpy(img)[None, None], sizes=(oh, ow)).squeeze().double().numpy()
         assert np.abs(imresize(img, (oh, ow)) - theirs).max() < 5e-3
+
+
+def test_clamp_boundary_variant_of_older_releases():
+    """Older imresize.m clamped indices (replicating the edge) instead of mirroring; both offered."""
+    img = np.random.default_rng(6).uniform(0, 255, (12, 10))
+    mirror, clamp = imresize(img, (4, 3)), imresize(img, (4, 3), boundary="clamp")
+    assert np.abs(mirror - clamp).max() > 1e-3  # antialiased taps reach 2+ pixels outside
+    w, idx = contributions(12, 4, 1 / 3, boundary="clamp")
+    assert idx.min() == 0 and idx.max() == 11 and np.allclose(w.sum(axis=1), 1)

@@ -12,7 +12,8 @@
   taps ``left = floor(u - width/2)`` … ``left + ceil(width) + 1``; weights normalised to sum 1 per
   output pixel; out-of-range taps are **mirrored** through ``aux = [1..n, n..1]`` with
   ``mod(index - 1, 2n)`` (edge pixels repeated, not reflected about them); all-zero tap columns
-  removed.
+  removed. (Releases before the implicit-expansion rewrite of imresize.m clamped the indices
+  instead, ``min(max(1, idx), n)``; ``boundary="clamp"`` gives that variant.)
 * **dimension order**: the dimension with the smaller scale is resized first (MATLAB
   ``sort(scale)``; rows first on ties).
 * **no clamping**: float output may leave [0, 255]. Each 1-D pass accumulates in float64 over
@@ -51,7 +52,7 @@ _KERNELS = {"bicubic": (cubic, 4.0), "cubic": (cubic, 4.0), "bilinear": (triangl
 
 @functools.lru_cache(maxsize=256)
 def contributions(in_length: int, out_length: int, scale: float, method: str = "bicubic",
-                  antialiasing: bool = True) -> tuple[np.ndarray, np.ndarray]:
+                  antialiasing: bool = True, boundary: str = "mirror") -> tuple[np.ndarray, np.ndarray]:
     """MATLAB's ``contributions()``: (weights float64 [out, P], 0-based input indices int64 [out, P])."""
     kernel, width = _KERNELS[method]
     if scale < 1 and antialiasing:
@@ -68,8 +69,12 @@ def contributions(in_length: int, out_length: int, scale: float, method: str = "
     indices = left[:, None] + np.arange(taps, dtype=np.float64)[None, :]
     weights = h(u[:, None] - indices)
     weights = weights / weights.sum(axis=1, keepdims=True)
-    aux = np.concatenate([np.arange(1, in_length + 1), np.arange(in_length, 0, -1)])
-    indices = aux[np.mod(indices.astype(np.int64) - 1, aux.size)]
+    indices = indices.astype(np.int64)
+    if boundary == "clamp":
+        indices = np.clip(indices, 1, in_length)
+    else:
+        aux = np.concatenate([np.arange(1, in_length + 1), np.arange(in_length, 0, -1)])
+        indices = aux[np.mod(indices - 1, aux.size)]
     keep = np.any(weights != 0, axis=0)
     weights, indices = weights[:, keep], indices[:, keep] - 1
     weights.setflags(write=False)
@@ -79,12 +84,12 @@ def contributions(in_length: int, out_length: int, scale: float, method: str = "
 
 @functools.lru_cache(maxsize=256)
 def weight_matrix(in_length: int, out_length: int, scale: float, method: str = "bicubic",
-                  antialiasing: bool = True):
+                  antialiasing: bool = True, boundary: str = "mirror"):
     """The pass as a sparse ``out x in`` float64 CSR matrix, taps stored in MATLAB's order
     (repeated mirrored indices are kept as separate entries and summed in that order)."""
     import scipy.sparse
 
-    weights, indices = contributions(in_length, out_length, scale, method, antialiasing)
+    weights, indices = contributions(in_length, out_length, scale, method, antialiasing, boundary)
     taps = weights.shape[1]
     return scipy.sparse.csr_matrix(
         (weights.ravel(), indices.ravel(), np.arange(0, weights.size + 1, taps)),
@@ -125,11 +130,13 @@ def output_size_and_scale(in_size: tuple[int, int], output_size=None, scale=None
 
 
 def imresize(image: np.ndarray, output_size=None, *, scale=None, method: str = "bicubic",
-             antialiasing: bool = True) -> np.ndarray:
+             antialiasing: bool = True, boundary: str = "mirror") -> np.ndarray:
     """MATLAB ``imresize(image, [rows cols])`` for HxW or HxWxC numpy input; float output (see module doc)."""
     image = np.asarray(image)
     if image.ndim < 2:
         raise DataError(f"imresize: expected an HxW or HxWxC image, got shape {image.shape}")
+    if boundary not in ("mirror", "clamp"):
+        raise DataError(f"imresize: boundary must be 'mirror' or 'clamp', not {boundary!r}")
     if method not in _KERNELS:
         raise DataError(f"imresize: unknown method {method!r} (bicubic or bilinear)")
     work = np.float64 if image.dtype == np.float64 else np.float32
@@ -145,6 +152,6 @@ def imresize(image: np.ndarray, output_size=None, *, scale=None, method: str = "
     for dim in order:
         if size[dim] == in_size[dim] and scales[dim] == 1.0:
             continue  # MATLAB's weights are exactly [0 0 1 0 0 0] here: the pass is an exact identity
-        matrix = weight_matrix(in_size[dim], size[dim], scales[dim], method, antialiasing)
+        matrix = weight_matrix(in_size[dim], size[dim], scales[dim], method, antialiasing, boundary)
         out = resize_along(out, dim, matrix, work)
     return out if out is not image else image.copy()
