@@ -274,28 +274,30 @@ class Solver:
 
     # ------------------------------------------------------------------ faults
     def _check_finite(self, loss: float) -> None:
-        """Stop on a non-finite loss or gradient, naming the iteration and the first layer."""
-        if not math.isfinite(loss):
-            where = self._first_nonfinite_blob() or "the loss"
-            raise TrainingError(f"iteration {self.iter}: loss is {loss} (first non-finite value in {where}); "
-                                "training stopped before the update, the last snapshot is intact")
-        bad = None
-        for i, p in enumerate(self.learnable_params):
-            g = p.grad
-            if g is not None and not bool(torch.isfinite(g).all()):
-                bad = i  # keep the LAST one in forward order = the first reached by backward
-        if bad is not None:
-            layer = self._param_owner[bad].rsplit("/", 1)[0]
-            raise TrainingError(f"iteration {self.iter}: non-finite gradient, first in layer {layer!r} "
-                                "(in backward order); training stopped before the update, "
-                                "the last snapshot is intact")
+        """Stop on a non-finite loss or gradient, naming the iteration and the first layer where a
+        non-finite value appears (forward order over the blobs; else the param gradient reached
+        first by backward). Raised before the update: weights and snapshots stay as they were."""
+        bad_grads = [i for i, p in enumerate(self.learnable_params)
+                     if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
+        if math.isfinite(loss) and not bad_grads:
+            return
+        where = self._first_nonfinite_blob()
+        if where is None and bad_grads:
+            layer = self._param_owner[bad_grads[-1]].rsplit("/", 1)[0]
+            where = f"the gradient of layer {layer!r} (first reached by backward)"
+        what = f"loss is {loss}" if not math.isfinite(loss) else "non-finite gradient"
+        raise TrainingError(f"iteration {self.iter}: {what}; first non-finite value in {where or 'the loss'}; "
+                            "training stopped before the update, the last snapshot is intact")
 
     def _first_nonfinite_blob(self) -> str | None:
         blobs = getattr(self.net, "blobs", {})
         producers = _blob_producers(self.net)
+        inputs = set(getattr(self.net, "inputs", []) or [])
         for name, blob in blobs.items():
             data = getattr(blob, "data", None)
             if isinstance(data, np.ndarray) and data.size and not np.isfinite(data).all():
+                if name in inputs:
+                    return f"the input blob {name!r}"
                 layer = producers.get(name)
                 return f"layer {layer!r} (top {name!r})" if layer else f"blob {name!r}"
         return None
