@@ -122,3 +122,13 @@ def test_dict_source_and_length_mismatch():
         loader.resolve_source({"paths": ["a", "b"], "labels": [0, 1, 2]})
     lst = loader.resolve_source({"paths": ["a", "b"], "labels": [0, 4]})
     assert lst.class_ids.tolist() == [1, 5]
+
+
+def test_osm_data_cells_are_fed_unchanged(tmp_path):
+    """OSM+CAA cells are already preprocessed offline: W x H x BGR -> CHW, the transform is skipped."""
+    cells = [np.random.default_rng(i).normal(size=(6, 5, 3)).astype(np.float32) for i in range(4)]
+    savemat(tmp_path / "c.mat", {"train_data_cell": cells, "class_ids": np.array([[1.0], [1.0], [2.0], [2.0]])})
+    sampler = OSMBatchSampler(np.array([1, 1, 2, 2]), classes_per_batch=2, images_per_class=2, seed=0, num_iterations=1)
+    data, _ = next(iter(loader.make_train_loader(tmp_path / "c.mat", sampler, transforms.osm_offline_transform)))
+    idx = sampler.batch_indices(0)
+    assert data.shape == (4, 3, 5, 6) and torch.equal(data[0], torch.from_numpy(cells[idx[0]].transpose(2, 1, 0).copy()))

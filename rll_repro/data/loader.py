@@ -18,8 +18,10 @@ API (used by the training driver and by evaluation)::
 
 ``source`` may be a .mat path (read with :func:`rll_repro.data.lists.load_image_list`), an
 :class:`~rll_repro.data.lists.ImageList`, a dict ``{"paths": [...], "labels"|"class_ids": [...]}``,
-or in-memory ``(images, class_ids)`` with images ``N x 3 x H x W`` already preprocessed (OSM data
-cells, the digits demo; ``transform=None`` then). Images are decoded with ``torchvision.io``
+or in-memory ``(images, class_ids)`` with images ``N x 3 x H x W`` already preprocessed (the digits
+demo; ``transform=None`` then). OSM+CAA data cells (``train_data_cell`` ...) hold images the original
+offline pipeline already preprocessed: their W x H x BGR entries become CHW and any ``transform`` is
+skipped for them, as the original training fed them unchanged. Images are decoded with ``torchvision.io``
 (RGB; grey replicated), JPEG decoding differs from MATLAB's libjpeg in the last bits.
 Transforms receive the per-slot generator of :func:`rll_repro.data.samplers.sample_rng`, so a batch
 is the same for any ``num_workers``.
@@ -33,7 +35,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from rll_repro.data.lists import ImageList, load_image_list
+from rll_repro.data.lists import DATA_CELL_VARIABLES, ImageList, load_image_list
 from rll_repro.data.samplers import Sample, sample_rng
 from rll_repro.data.transforms import osm_cell_to_chw
 from rll_repro.errors import DataError
@@ -95,6 +97,8 @@ class ListDataset(Dataset):
                  use_boxes: bool = False):
         self.list, self.transform, self.seed, self.use_boxes = image_list, transform, int(seed), use_boxes
         self.labels = image_list.labels
+        if image_list.variable in DATA_CELL_VARIABLES:
+            self.transform = None  # OSM data cells are the original offline pipeline's output
 
     def __len__(self) -> int:
         return len(self.list)
