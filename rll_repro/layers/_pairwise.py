@@ -55,13 +55,14 @@ class PairGeometry:
             yield i[start:start + CHUNK], j[start:start + CHUNK]
 
     def apply(self, a: torch.Tensor) -> torch.Tensor:
-        """g_i = sum_j a_ij (f_i - f_j), in float64: Gram form f_i * rowsum(a)_i - (a @ f)_i, except
-        for the near pairs, whose (large-coefficient) terms use the difference vector itself."""
-        a64 = a.to(F64)
+        """g_i = sum_j a_ij (f_i - f_j), in float64: Gram form (diag(rowsum a) - a) @ f, except for
+        the near pairs, whose (large-coefficient) terms use the difference vector itself."""
+        m = a.to(F64).neg_()
         if self.near is not None:
-            near_a = a64[self.near]
-            a64[self.near] = 0.0
-        g = self.f64 * a64.sum(1, keepdim=True) - a64 @ self.f64
+            near_a = -m[self.near]
+            m[self.near] = 0.0
+        m.diagonal().sub_(m.sum(1))  # rowsum of a (diagonal of a is 0)
+        g = m @ self.f64
         if self.near is not None:
             start = 0
             for i, j in self._chunks():

@@ -103,13 +103,15 @@ def _top_diff(top_diff) -> float:
     return float(top_diff.detach().reshape(())) if torch.is_tensor(top_diff) else float(top_diff)
 
 
-def _rll_value_and_grad(emb, labels, params: RLLParams, top_diff, era: str):
+def _rll_value_and_grad(emb, labels, params: RLLParams, top_diff, era: str, need_grad: bool = True):
     n = emb.shape[0]
     with torch.no_grad():
         geometry = PairGeometry(emb.reshape(n, -1))
         d2 = geometry.d2
         d = torch.sqrt(d2)
         same = labels_equal(labels)
+        if not need_grad:
+            return _reported_value(d, same, params), None
         m = f32(params.pn_margin)
         if era == "v12":
             bounds = float(f32(1) - m / f32(2)), float(f32(1) + m / f32(2))
@@ -154,9 +156,8 @@ class _CurrentValueFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, emb, labels, params, variant):
-        compute = rll_v12_value_and_grad if variant == "v12" else rll_cvpr19_value_and_grad
-        value, grad = compute(emb, labels, params, 1.0)
-        ctx.save_for_backward(grad)
+        value, grad = _rll_value_and_grad(emb, labels, params, 1.0, variant, need_grad=emb.requires_grad)
+        ctx.save_for_backward(grad if grad is not None else torch.zeros_like(emb))
         return value
 
     @staticmethod
