@@ -124,8 +124,9 @@ def _reid_scores(rankings, good_masks, junk_masks, ranks) -> dict[str, float]:
         cmcs.append(cmc[: max(ranks)])
     cmc = np.mean(cmcs, axis=0) if cmcs else np.zeros(max(ranks))
     out = {"mAP": 100.0 * float(np.mean(aps)) if aps else float("nan")}
-    for r in ranks:
-        out[f"R@{r}"] = 100.0 * float(cmc[r - 1]) if r <= cmc.size else float("nan")
+    for r in ranks:  # ranks beyond the gallery size are left out (undefined)
+        if r <= cmc.size:
+            out[f"R@{r}"] = 100.0 * float(cmc[r - 1])
     return out
 
 
