@@ -211,3 +211,29 @@ def test_shipped_example_matfiles_load():
             assert len(lists.load_market_evaluation(path).query_paths) > 0
         else:
             assert len(lists.load_image_list(path)) > 0
+
+
+def test_osm_data_cells_hold_the_offline_224_pipeline_output(tmp_path):
+    """--osm-data: each entry is osm_offline_transform(image, box) stored as MATLAB W x H x BGR single."""
+    import warnings
+
+    import torch
+
+    from rll_repro.data.loader import read_image_rgb
+    from rll_repro.data.transforms import osm_cell_to_chw, osm_offline_transform
+
+    root = fake_cub(tmp_path / "CUB_200_2011")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from torchvision.io import encode_jpeg
+        for k, path in enumerate(sorted((root / "images").rglob("*.jpg"))):
+            img = torch.from_numpy(np.random.default_rng(k).integers(0, 256, (3, 70, 90)).astype(np.uint8))
+            path.write_bytes(encode_jpeg(img).numpy().tobytes())
+    out = tmp_path / "Box_CUB_200_2011_TrainImageDataCell.mat"
+    writers.write_lists("cub", root, out, "train", boxes=True, osm_data=True, version="v7.3")
+    lst = lists.load_osm_data_cell(out)
+    assert lst.variable == "CUB_200_2011_TrainImageDataCell" and len(lst) == 3
+    assert lst.images[0].shape == (224, 224, 3) and lst.images[0].dtype == np.float32
+    first = sorted((root / "images").rglob("*.jpg"))[0]
+    expect = osm_offline_transform(read_image_rgb(str(first)), box=[12, 21, 41, 60])
+    assert np.array_equal(osm_cell_to_chw(lst.images[0]), expect)
