@@ -68,3 +68,16 @@ def test_knn_rejects_k_outside_gallery():
 def test_dimension_mismatch_is_an_error():
     with pytest.raises(DataError, match="dims"):
         first_hit_ranks(np.eye(2, dtype=np.float32), [0, 1], np.eye(3, dtype=np.float32), [0, 1, 2])
+
+
+def test_large_classes_take_the_dense_path_with_the_same_ranks(monkeypatch):
+    from rll_repro.eval import knn as knn_mod
+
+    x, _ = _tied_features(n=200, seed=2)
+    labels = np.arange(200) % 3  # ~67 items per class
+    sparse = first_hit_ranks(x, labels, block_rows=33)
+    monkeypatch.setattr(knn_mod, "SPARSE_POSITIVES_MAX", 8)
+    dense = first_hit_ranks(x, labels, block_rows=33)
+    order, _ = _reference_order(x)
+    expected = (labels[order] == labels[:, None]).argmax(axis=1)
+    assert sparse.tolist() == dense.tolist() == expected.tolist()

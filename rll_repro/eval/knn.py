@@ -54,19 +54,51 @@ def _labels(labels, n: int, what: str) -> np.ndarray:
     return lab
 
 
-def _positive_table(q_labels: np.ndarray, g_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For each query, the gallery indices with its label, ascending, padded with -1 -> (table, counts)."""
-    order = np.argsort(g_labels, kind="stable")
-    sorted_labels = g_labels[order]
-    start = np.searchsorted(sorted_labels, q_labels, side="left")
-    stop = np.searchsorted(sorted_labels, q_labels, side="right")
-    counts = stop - start
-    width = max(int(counts.max(initial=0)), 1)
-    offsets = np.arange(width)
-    take = start[:, None] + offsets[None, :]
-    valid = offsets[None, :] < counts[:, None]
-    table = np.where(valid, order[np.minimum(take, len(order) - 1)] if len(order) else -1, -1)
-    return table.astype(np.int64), counts
+class _Positives:
+    """Where each query's same-label gallery items are: gallery indices sorted by label."""
+
+    def __init__(self, q_labels: np.ndarray, g_labels: np.ndarray):
+        self.order = np.argsort(g_labels, kind="stable")
+        sorted_labels = g_labels[self.order]
+        self.start = np.searchsorted(sorted_labels, q_labels, side="left")
+        self.counts = np.searchsorted(sorted_labels, q_labels, side="right") - self.start
+
+    def table(self, rows: slice) -> np.ndarray:
+        """(rows x max count) gallery indices of each query's positives, ascending, padded with -1."""
+        start, counts = self.start[rows], self.counts[rows]
+        width = max(int(counts.max(initial=0)), 1)
+        offsets = np.arange(width)
+        valid = offsets[None, :] < counts[:, None]
+        if not len(self.order):
+            return np.full((len(start), width), -1, dtype=np.int64)
+        take = np.minimum(start[:, None] + offsets[None, :], len(self.order) - 1)
+        return np.where(valid, self.order[take], -1).astype(np.int64)
+
+
+SPARSE_POSITIVES_MAX = 256  # above this many same-label items per query, use a dense label mask
+
+
+def _best_positive(sn, rows, start, positives, ql, gl, exclude_self):
+    """(similarity, lowest index) of each block row's most similar same-label item (-inf, big if none)."""
+    b = sn.shape[0]
+    big = np.iinfo(np.int64).max
+    if int(positives.counts[start:start + b].max(initial=0)) <= SPARSE_POSITIVES_MAX:
+        pos = positives.table(slice(start, start + b))
+        if exclude_self:
+            pos = np.where(pos == (start + rows)[:, None], -1, pos)
+        valid = pos >= 0
+        pos_sim = np.where(valid, sn[rows[:, None], np.maximum(pos, 0)], -np.inf)
+        best = pos_sim.max(axis=1)
+        p = np.where(valid & (pos_sim == best[:, None]), pos, big).min(axis=1)
+        return best, p
+    same = gl[None, :] == ql[start:start + b, None]  # few large classes: one dense pass instead
+    if exclude_self:
+        same[rows, start + rows] = False
+    masked = np.where(same, sn, -np.inf)
+    best = masked.max(axis=1)
+    at_best = same & (masked == best[:, None])
+    p = np.where(at_best.any(axis=1), at_best.argmax(axis=1), big)
+    return best, p
 
 
 def first_hit_ranks(query: np.ndarray, q_labels, gallery: np.ndarray | None = None, g_labels=None,
@@ -93,7 +125,7 @@ def first_hit_ranks(query: np.ndarray, q_labels, gallery: np.ndarray | None = No
     gl = ql if same else _labels(g_labels, ng, "gallery labels")
     if exclude_self and nq != ng:
         raise DataError("exclude_self needs query and gallery to be the same items")
-    table, counts = _positive_table(ql, gl)
+    positives = _Positives(ql, gl)
     Qt, Gt = torch.from_numpy(np.ascontiguousarray(Q)), torch.from_numpy(np.ascontiguousarray(G))
     ranks = np.empty(nq, dtype=np.int64)
     block_rows = max(1, min(block_rows, nq))
@@ -109,15 +141,9 @@ def first_hit_ranks(query: np.ndarray, q_labels, gallery: np.ndarray | None = No
         if exclude_self:
             s[rows, start + rows] = float("-inf")  # MATLAB: Dist(i,i) = +inf
         sn = s.numpy()
-        pos = table[start:stop]
-        if exclude_self:
-            pos = np.where(pos == (start + rows)[:, None], -1, pos)
-        valid = pos >= 0
-        pos_sim = np.where(valid, sn[rows[:, None], np.maximum(pos, 0)], -np.inf)
-        best = pos_sim.max(axis=1)
+        # best positive: highest similarity, lowest gallery index among equals
+        best, p = _best_positive(sn, rows, start, positives, ql, gl, exclude_self)
         has = np.isfinite(best)
-        # lowest gallery index among the positives attaining the best similarity
-        p = np.where(valid & (pos_sim == best[:, None]), pos, np.iinfo(np.int64).max).min(axis=1)
         thr = np.where(has, best, np.inf).astype(np.float32)[:, None]
         m = mask[:b]
         np.greater(sn, thr, out=m)
