@@ -65,7 +65,7 @@ def main() -> None:
             rows.append((label, "RLL train transform", rate(lambda im: train(im, rng), decoded)))
             rows.append((label, "decode + RLL train", rate(lambda p: train(loader.read_image_rgb(p), rng), paths)))
             rows.append((label, "decode + RLL test", rate(lambda p: transforms.rll_test_transform(loader.read_image_rgb(p)), paths)))
-            ids = np.repeat(np.arange(1, args.images // 4 + 1), 4)[: len(paths)]
+            ids = np.arange(len(paths)) // 4 + 1
             sampler = RLLBatchSampler(ids, classes_per_batch=10, images_per_class=3, seed=1,
                                       num_iterations=max(args.images // 30, 2))
             train_loader = loader.make_train_loader({"paths": paths, "class_ids": ids}, sampler, train)

@@ -101,7 +101,7 @@ def resize_along(image: np.ndarray, axis: int, matrix, out_dtype) -> np.ndarray:
     """One 1-D pass along ``axis``: ``out[i] = sum_p w[i, p] * image[idx[i, p]]``, accumulated in float64."""
     moved = np.moveaxis(image, axis, 0)
     rest = moved.shape[1:]
-    rows = moved.reshape(moved.shape[0], -1).astype(np.float64)
+    rows = np.ascontiguousarray(moved, dtype=np.float64).reshape(moved.shape[0], -1)  # one copy
     out = (matrix @ rows).astype(out_dtype, copy=False).reshape((matrix.shape[0],) + rest)
     return np.moveaxis(out, 0, axis)
 
