@@ -180,7 +180,8 @@ def make_train_loader(source, sampler, transform: Callable | None, *, data_root=
     image_list = resolve_source(source, data_root, strip_prefix)
     if check_images:
         image_list.check_images()
-    if len(sampler.members) and max(int(m.max()) for m in sampler.members) >= len(image_list):
+    members = getattr(sampler, "members", None)
+    if members and getattr(sampler, "counts", None) is None and max(int(m.max()) for m in members) >= len(image_list):
         raise DataError(f"{image_list.source}: the sampler was built for a longer list than {len(image_list)} images")
     dataset = ListDataset(image_list, transform, seed=sampler.seed, use_boxes=use_boxes)
     return TrainLoader(dataset, sampler, num_workers=num_workers, prefetch_factor=prefetch_factor)
