@@ -150,3 +150,11 @@ def test_tracklets_and_query_idx(tmp_path):
     assert tr.cameras.tolist() == [1, 2]
     savemat(tmp_path / "q.mat", {"query_IDX": np.array([[1.0, 5.0]])})
     assert lists.load_query_idx(tmp_path / "q.mat").tolist() == [0, 4]
+
+
+def test_tracklet_frames_flatten_with_mars_and_lpw_label_rules():
+    """MARS feeds stored labels as-is, LPW feeds label - 1 (SPEC osm §9)."""
+    tr = lists.Tracklets(frames=[["a1", "a2"], ["b1"]], labels=np.array([5, 0]))
+    mars, lpw = tr.frame_list(feed_stored_labels=True), tr.frame_list(feed_stored_labels=False)
+    assert mars.paths == ["a1", "a2", "b1"] and mars.labels.tolist() == [5, 5, 0]
+    assert lpw.labels.tolist() == [4, 4, -1]

@@ -328,6 +328,16 @@ class Tracklets:
     cameras: np.ndarray | None = None
     source: str = ""
 
+    def frame_list(self, feed_stored_labels: bool) -> ImageList:
+        """All frames as one ImageList, in tracklet order (the flat frame index of
+        :class:`~rll_repro.data.samplers.TrackletBatchSampler`). MARS feeds its stored labels as they
+        are (``feed_stored_labels=True``), LPW feeds ``label - 1`` (False); ``ImageList.labels`` then
+        gives the fed value."""
+        counts = [len(f) for f in self.frames]
+        ids = np.repeat(self.labels, counts) + (1 if feed_stored_labels else 0)
+        return ImageList(paths=[p for f in self.frames for p in f], class_ids=ids.astype(np.int64),
+                         source=self.source, variable="tracklets")
+
 
 def load_tracklets(path, split: str | None = None, *, data_root=None, strip_prefix=None) -> Tracklets:
     """``train_data_r.mat`` (``train_tracklets``, ``train_labels``) or ``test_data_r.mat`` (+ ``test_cameras``)."""
