@@ -76,7 +76,8 @@ def plain_source(net_param) -> str:
             i += 2
             continue
         elif t == "ReLU":
-            body.append(f"{new(lp.top[0])} = F.relu({v(b[0])}, inplace=True)")
+            src = v(b[0])
+            body.append(f"{new(lp.top[0])} = F.relu({src}, inplace=True)")
         elif t == "Pooling":
             p = lp.pooling_param
             fn = "F.max_pool2d" if p.pool == 0 else "F.avg_pool2d"
@@ -93,7 +94,8 @@ def plain_source(net_param) -> str:
         elif t == "Reshape":
             var[lp.top[0]] = v(b[0])
         elif t == "Normalization":
-            body.append(f"{new(lp.top[0])} = {v(b[0])} / {v(b[0])}.pow(2).sum(1, keepdim=True).sqrt()")
+            src = v(b[0])
+            body.append(f"{new(lp.top[0])} = {src} / {src}.pow(2).sum(1, keepdim=True).sqrt()")
         elif t.startswith("DistanceWeighted"):
             embeddings.append(v(b[0]))
         else:

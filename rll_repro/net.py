@@ -28,6 +28,7 @@ What is matched from Caffe's ``Net`` (net.cpp) on purpose:
 """
 from __future__ import annotations
 
+import functools
 import os
 from collections import OrderedDict
 from typing import Iterable, Sequence
@@ -240,9 +241,10 @@ class ParamBlob:
 
 
 class _Step:
-    __slots__ = ("layer", "bottoms", "tops", "propagate", "loss_weights", "index")
+    __slots__ = ("layer", "bottoms", "tops", "propagate", "loss_weights", "index", "inplace")
 
     def __init__(self, layer, bottoms, tops, propagate, loss_weights, index):
+        self.inplace = False  # run the layer's forward_inplace (see Net._plan_inplace)
         self.layer = layer
         self.bottoms = bottoms
         self.tops = tops
@@ -369,6 +371,7 @@ class Net(nn.Module):
             self.layer_params.append(lp)
             self._steps.append(_Step(layer, bottoms, tops, propagate, loss_weights, index))
         self.outputs: list[str] = list(available)
+        self._plan_inplace()
         groups: dict[str, list[str]] = {}
         for name, root in self._alias_root.items():
             groups.setdefault(root, []).append(name)
@@ -376,6 +379,37 @@ class Net(nn.Module):
         self.loss_tops: list[str] = [
             t for step in self._steps for t, w in zip(step.tops, step.loss_weights) if w != 0.0
         ]
+
+    def _plan_inplace(self) -> None:
+        """Let in-place layers (ReLU) overwrite their bottom tensor, as Caffe does, where that is safe
+        for autograd: the bottom was just written by a layer whose backward does not read its own
+        output (``output_unused_in_backward``), nothing else read it since, and it is no net input
+        or shared view. Saves an allocation and a pass; the values are the same."""
+        last_writer: dict[str, int] = {}
+        readers_since: dict[str, int] = {}
+        for k, step in enumerate(self._steps):
+            for b in step.bottoms:
+                readers_since[b] = readers_since.get(b, 0) + 1
+            if (
+                len(step.bottoms) == 1
+                and step.tops == step.bottoms
+                and step.propagate[0]
+                and hasattr(step.layer, "forward_inplace")
+                and readers_since.get(step.bottoms[0]) == 1
+                and step.bottoms[0] in last_writer
+            ):
+                producer = self._steps[last_writer[step.bottoms[0]]]
+                b = step.bottoms[0]
+                if (
+                    getattr(producer.layer, "output_unused_in_backward", False)
+                    and not getattr(producer.layer, "shares_bottom_memory", False)
+                    and self._alias_root.get(b) == b
+                    and sum(1 for t in self._alias_root.values() if t == b) == 1
+                ):
+                    step.inplace = True
+            for t in step.tops:
+                last_writer[t] = k
+                readers_since[t] = 0
 
     def _setup_params(self) -> None:
         """Caffe's AppendParam: sharing by name, lr/decay multipliers, learnable_params_ order."""
@@ -529,12 +563,21 @@ class Net(nn.Module):
             first[name] = t
             latest[name] = t
         loss_tops: list[tuple[str, float, torch.Tensor]] = []
+        grads: dict[str, torch.Tensor] = {}
+        self._grads = grads
+        if keep:
+            for name, t in first.items():
+                if t.requires_grad:
+                    t.register_hook(functools.partial(grads.__setitem__, name))
         total = 0.0
         for step in self._steps:
             if getattr(step.layer, "is_input", False):
                 continue
             xs = [data[b] if p else data[b].detach() for b, p in zip(step.bottoms, step.propagate)]
-            outs = step.layer(*xs)
+            if step.inplace and xs[0]._base is None:  # never in place on a view (autograd rebases it)
+                outs = step.layer.forward_inplace(*xs)
+            else:
+                outs = step.layer(*xs)
             if not isinstance(outs, (tuple, list)):
                 outs = (outs,)
             if len(outs) != len(step.tops):
@@ -544,7 +587,9 @@ class Net(nn.Module):
                 if root not in first:
                     first[root] = t
                     if keep and t.requires_grad:
-                        t.retain_grad()
+                        # a hook keeps a reference to the gradient (retain_grad would copy it); it stays
+                        # on this first version, so an in-place layer after it does not change the diff
+                        t.register_hook(functools.partial(grads.__setitem__, root))
                 data[t_name] = t
                 latest[root] = t
                 if w != 0.0:
@@ -603,14 +648,11 @@ class Net(nn.Module):
             torch.autograd.backward(roots, grads)
         self._forward_graph = False
         diffs: dict[str, torch.Tensor] = {}
-        if self.keep_blob_diffs:
-            for root, t in self._first.items():
-                g = t.grad if t.requires_grad else None
-                if g is not None:
-                    for name in self._alias_groups.get(root, (root,)):
-                        shape = self._data[name].shape
-                        diffs[name] = g if g.shape == shape else g.reshape(shape)
-                    t.grad = None
+        for root, g in self._grads.items():
+            for name in self._alias_groups.get(root, (root,)):
+                shape = self._data[name].shape
+                diffs[name] = g if g.shape == shape else g.reshape(shape)
+        self._grads = {}
         for name, weight, t in self._loss_tops:
             diffs[name] = torch.full(t.shape, weight, dtype=torch.float32)
         for name, value in (top_diffs or {}).items():

@@ -332,3 +332,21 @@ def test_feeding_an_unknown_input_is_an_error():
     net = make_net(input_layer("a", 2) + 'layer { name: "r" type: "ReLU" bottom: "a" top: "b" }')
     with pytest.raises(NetError, match="'zz' is not an input blob"):
         net.forward(zz=np.zeros(2))
+
+
+def test_in_place_relu_after_a_layer_whose_backward_reads_its_output_stays_correct():
+    # Sigmoid's backward reads its output, so the net must not let the ReLU overwrite it.
+    x = np.array([[-1.0, 2.0]], np.float32)
+    text = "force_backward: true\n" + input_layer("a", 1, 2) + (
+        'layer { name: "s" type: "Sigmoid" bottom: "a" top: "b" }\n'
+        'layer { name: "r" type: "ReLU" bottom: "b" top: "b" }\n')
+    net = make_net(text)
+    assert not any(step.inplace for step in net._steps)
+    net.forward(a=x)
+    sig = 1 / (1 + np.exp(-x.astype(np.float64)))
+    np.testing.assert_allclose(net.backward(b=np.ones((1, 2), np.float32))["a"], sig * (1 - sig), rtol=1e-6)
+
+
+def test_in_place_relu_after_scale_runs_in_place():
+    text = input_layer("a", 1, 2) + 'layer { name: "s" type: "Scale" bottom: "a" top: "b" }\nlayer { name: "r" type: "ReLU" bottom: "b" top: "b" }\n'
+    assert [step.inplace for step in make_net(text)._steps] == [False, False, True]

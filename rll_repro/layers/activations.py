@@ -37,6 +37,12 @@ class ReLU(_Neuron):
             return (F.relu(x),)
         return (F.leaky_relu(x, self.negative_slope),)
 
+    def forward_inplace(self, x):
+        """Overwrite the bottom (Caffe's in-place ReLU); the net calls this only where it is safe."""
+        if self.negative_slope == 0.0:
+            return (torch.relu_(x),)
+        return (F.leaky_relu_(x, self.negative_slope),)
+
 
 @register
 class Sigmoid(_Neuron):

@@ -28,6 +28,7 @@ from rll_repro.layers.registry import register
 @register
 class BatchNorm(Layer):
     type_names = ("BatchNorm",)
+    output_unused_in_backward = True  # a following in-place layer may overwrite the top
 
     def __init__(self, param, bottom_shapes, ctx):
         super().__init__(param, bottom_shapes, ctx)

@@ -19,6 +19,7 @@ from rll_repro.layers.registry import register
 @register
 class InnerProduct(Layer):
     type_names = ("InnerProduct",)
+    output_unused_in_backward = True  # a following in-place layer may overwrite the top
 
     def __init__(self, param, bottom_shapes, ctx):
         super().__init__(param, bottom_shapes, ctx)
@@ -57,4 +58,6 @@ class InnerProduct(Layer):
             y = torch.addmm(self.blobs[1], x2, w.t())
         else:
             y = x2 @ w.t()
+        if y.dim() == len(lead) + 1:
+            return (y,)
         return (y.reshape(*lead, self.num_output),)

@@ -44,6 +44,7 @@ def _view(t, axis, ndim):
 @register
 class Scale(Layer):
     type_names = ("Scale",)
+    output_unused_in_backward = True  # a following in-place layer may overwrite the top
 
     def __init__(self, param, bottom_shapes, ctx):
         super().__init__(param, bottom_shapes, ctx)
@@ -80,11 +81,10 @@ class Scale(Layer):
 
     def forward(self, x, *rest):
         ndim = x.dim()
-        gamma = rest[0] if self.two_bottoms else self.blobs[0]
-        y = x * _view(gamma, self.axis, ndim)
+        gamma = _view(rest[0] if self.two_bottoms else self.blobs[0], self.axis, ndim)
         if self.bias_term:
-            y = y + _view(self.blobs[self.bias_index], self.axis, ndim)
-        return (y,)
+            return (torch.addcmul(_view(self.blobs[self.bias_index], self.axis, ndim), x, gamma),)
+        return (x * gamma,)
 
 
 @register
