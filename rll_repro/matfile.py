@@ -14,6 +14,7 @@ logical                   ``numpy.ndarray`` of uint8 (0/1): scipy's v5 reader dr
 char ``1 x n``            ``str`` (v7.3 stores UTF-16 code units; surrogate pairs are decoded)
 char ``m x n``, m > 1     ``list`` of m row strings (MATLAB's char matrix of padded rows)
 char ``0 x 0``            ``""``
+char N-d (N > 2)          ``numpy.ndarray`` of single characters with MATLAB's shape
 cell ``n x 1`` / ``1 x n``  flat ``list`` (MATLAB linear order)
 cell ``m x n``, m,n > 1   ``list`` of m rows, each a ``list`` of n elements (``c[i][j] = C{i,j}``)
 empty cell                ``[]``
