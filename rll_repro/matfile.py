@@ -28,8 +28,8 @@ In v7.3 files, MATLAB stores each variable as an HDF5 dataset whose shape is MAT
 reversed (column-major), with a ``MATLAB_class`` attribute; cell elements are object references
 into the ``#refs#`` group, empty arrays are a uint64 dims vector with ``MATLAB_empty = 1``. The
 writer reproduces that layout (512-byte MATLAB header in the HDF5 user block, ``MATLAB_class``,
-``MATLAB_int_decode``, ``MATLAB_fields``, ``#refs#`` with its canonical empty ``a``), so MATLAB's
-``load`` can read what we write.
+``MATLAB_int_decode``, ``MATLAB_fields``, ``#refs#`` with its canonical empty ``a``), checked with
+the independent ``mat73`` reader (not against MATLAB itself, which is not available here).
 
 Writing (``savemat``): ``str`` -> char row; ``list``/``tuple`` -> ``N x 1`` cell; an object
 ``numpy.ndarray`` -> a cell of exactly that shape (use it for ``N x 2`` path + box cells); ``dict``
