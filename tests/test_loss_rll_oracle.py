@@ -172,8 +172,7 @@ def test_each_endpoint_gets_only_its_own_anchor_coefficient():
     f = torch.from_numpy(z["blob/feat"]).double().reshape(12, -1)
     same = torch.from_numpy(z["blob/label"])[:, None] == torch.from_numpy(z["blob/label"])[None, :]
     d = torch.cdist(f, f)
-    k = _anchor_coefficients(_pair_weights(d, same, RLLParams(), 0.8, 1.2), same)
-    k = torch.where(same, k, -k) / (d + 1e-6)
+    k = _anchor_coefficients(_pair_weights(d, same, RLLParams(), 0.8, 1.2), same) / (d + 1e-6)
     own = f * k.sum(1, keepdim=True) - k @ f
     both = f * (k + k.T).sum(1, keepdim=True) - (k + k.T) @ f
     ref = z["diff/feat"].reshape(12, -1)

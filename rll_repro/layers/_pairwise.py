@@ -57,7 +57,7 @@ class PairGeometry:
     def apply(self, a: torch.Tensor) -> torch.Tensor:
         """g_i = sum_j a_ij (f_i - f_j), in float64: Gram form (diag(rowsum a) - a) @ f, except for
         the near pairs, whose (large-coefficient) terms use the difference vector itself."""
-        m = a.to(F64).neg_()
+        m = a.to(F64, copy=True).neg_()
         if self.near is not None:
             near_a = -m[self.near]
             m[self.near] = 0.0

@@ -69,25 +69,26 @@ def _pair_weights(d, same, params: RLLParams, pos_boundary: float, neg_boundary:
     float operation Caffe performs (d, boundaries and T are floats).
     """
     t = torch.where(same, d - pos_boundary, neg_boundary - d)
-    scale = torch.where(same, params.scale_p, params.scale_n).to(d.dtype)
+    exponent = t * torch.where(same, params.scale_p, params.scale_n).to(d.dtype)
     if params.base_p == params.base_n:
-        w = torch.pow(params.base_p, scale * t)
+        w = torch.pow(params.base_p, exponent)
     else:
-        w = torch.pow(torch.where(same, params.base_p, params.base_n).to(d.dtype), scale * t)
-    w = torch.where(t > 0, w, 0.0)
-    return w.fill_diagonal_(0.0)
+        w = torch.pow(torch.where(same, params.base_p, params.base_n).to(d.dtype), exponent)
+    return w.masked_fill_(t <= 0, 0.0).fill_diagonal_(0.0)
 
 
 def _anchor_coefficients(w, same):
-    """K_ij = 0.5 w_ij / S_i * ((S+_i + S-_i) / Z), S+/S- the anchor's sums over its positive /
-    negative pairs starting at 1e-8, Z = 1e-8 + sum_k (S+_k + S-_k); each row uses its own anchor.
-    ``0.5 * w`` is exact in float, so the float division equals Caffe's double quotient rounded."""
-    wp = torch.where(same, w, 0.0)
-    sp = sum64(wp, 1, keepdim=True, init=EPS_SUM)
-    sn = sum64(w - wp, 1, keepdim=True, init=EPS_SUM)
-    z = sum64(torch.cat([sp, sn], 1), init=EPS_SUM)
+    """Signed K_ij = +-0.5 w_ij / S_i * ((S+_i + S-_i) / Z) (+ for positives, - for negatives),
+    S+/S- the anchor's sums over its positive / negative pairs starting at 1e-8, Z = 1e-8 +
+    sum_k (S+_k + S-_k); each row uses its own anchor. ``0.5 * w`` is exact in float, so the float
+    division equals Caffe's double quotient rounded; the sign rides on the divisor (exact)."""
+    all_sum = w.sum(1, keepdim=True, dtype=F64)
+    pos_sum = (w * same).sum(1, keepdim=True, dtype=F64)
+    sp = (pos_sum + EPS_SUM).to(w.dtype)
+    sn = (all_sum - pos_sum + EPS_SUM).to(w.dtype)
+    z = (torch.cat([sp, sn], 1).sum(dtype=F64) + EPS_SUM).to(w.dtype)
     share = (sp + sn) / z
-    return (0.5 * w) / torch.where(same, sp, sn) * share
+    return w.mul(0.5).div_(torch.where(same, sp, -sn)).mul_(share)
 
 
 def _reported_value(d, same, params: RLLParams) -> torch.Tensor:
@@ -120,12 +121,12 @@ def _rll_value_and_grad(emb, labels, params: RLLParams, top_diff, era: str, need
             bounds = float(margin - m), float(margin)
         w = _pair_weights(d, same, params, *bounds)
         k = _anchor_coefficients(w, same)
-        k = torch.where(same, k, -k)
         lam = _top_diff(top_diff)
         if era == "v12":  # unit direction: c = float(1 / (d + 1e-6)), the sum taken in double
-            k = k * (lam * (1.0 / (d.to(F64) + EPS_UNIT)).to(d.dtype))
-        else:  # raw difference; the hinge mask is w > 0 (same boundaries)
-            k = k * lam
+            unit = d.to(F64, copy=True).add_(EPS_UNIT).reciprocal_().to(d.dtype)
+            k.mul_(unit if lam == 1.0 else unit.mul_(lam))
+        elif lam != 1.0:  # raw difference; the hinge mask is w > 0 (same boundaries)
+            k.mul_(lam)
         k.masked_fill_(d2 == 0, 0.0)  # f_i - f_j = 0: no contribution (no NaN)
         grad = geometry.apply(k).to(emb.dtype)
         value = _reported_value(d, same, params)
