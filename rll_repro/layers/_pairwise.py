@@ -36,7 +36,7 @@ class PairGeometry:
         scale = sq[:, None] + sq[None, :]
         d2 = torch.addmm(scale, f64, f64.T, alpha=-2.0).clamp_min_(0.0)
         d2.fill_diagonal_(0.0)
-        near = d2 < NEAR * scale
+        near = d2 < scale.mul_(NEAR)
         near.fill_diagonal_(False)
         self.near = None
         if bool(near.any()):

@@ -95,7 +95,7 @@ def _reported_value(d, same, params: RLLParams) -> torch.Tensor:
     """Unweighted squared-hinge mean over the P pairs (thresholds nt - m and nt)."""
     pos_thr = float(f32(params.negative_threshold) - f32(params.pn_margin))
     hinge = torch.where(same, d - pos_thr, params.negative_threshold - d).clamp_min_(0.0)
-    sq = (hinge * hinge).fill_diagonal_(0.0)
+    sq = hinge.square_().fill_diagonal_(0.0)
     n = d.shape[0]
     return (sq.sum(dtype=F64) / (n * (n - 1))).to(d.dtype)  # both triangles: 2 * sum_{i<j} / (2P)
 
