@@ -277,6 +277,11 @@ class Solver:
         """Stop on a non-finite loss or gradient, naming the iteration and the first layer where a
         non-finite value appears (forward order over the blobs; else the param gradient reached
         first by backward). Raised before the update: weights and snapshots stay as they were."""
+        grads = [p.grad for p in self.learnable_params if p.grad is not None]
+        # fast path: one reduction per blob; NaN/inf propagate into the total (a finite overflow
+        # only sends us to the exact check below)
+        if math.isfinite(loss) and (not grads or bool(torch.isfinite(torch.stack([g.sum() for g in grads]).sum()))):
+            return
         bad_grads = [i for i, p in enumerate(self.learnable_params)
                      if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
         if math.isfinite(loss) and not bad_grads:
