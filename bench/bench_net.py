@@ -10,7 +10,9 @@ the three embeddings (the port runs the RLL loss layers; at batch 32 the loss is
     .venv/bin/python bench/bench_net.py [--batch 32] [--iters 3] [--threads 2] [--channels-last]
 
 Prints images/s for: Net.forward_backward (with and without keeping every blob diff), the plain module,
-and both in channels_last memory format. Timings on a shared 2-core machine are noisy.
+and both in channels_last memory format; then the TEST-phase forward of the SOP deploy net with the
+autograd graph, under no_grad / inference_mode, and in channels_last. Timings on a shared 2-core
+machine are noisy.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from torch import nn
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 PROTOTXT = REPO.parent / "shared/reference/rll/original/SOP_Simp_25042020/150_T10_pn04_v50/train.prototxt"
+DEPLOY = REPO.parent / "shared/reference/rll/original/SOP_Simp_25042020/deploy_prototxts/test_concat_d64.prototxt"
 
 
 def plain_source(net_param) -> str:
@@ -149,6 +152,7 @@ def main(argv=None):
     parser.add_argument("--iters", type=int, default=3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--prototxt", default=str(PROTOTXT))
+    parser.add_argument("--deploy", default=str(DEPLOY), help="deploy net for the TEST forward table ('' to skip)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     from rll_repro.caffe.io import read_net_prototxt
@@ -182,23 +186,17 @@ def main(argv=None):
         loss.backward()
 
     rows = []
-    t_net = timed(run_net, args.iters)
-    rows.append(("Net.forward_backward (all blob diffs kept)", t_net))
-    net.keep_blob_diffs = False
-    t_net2 = timed(run_net, args.iters)
-    rows.append(("Net.forward_backward (blob diffs not kept)", t_net2))
-    net.keep_blob_diffs = True
     t_plain = timed(run_plain, args.iters)
+    rows.append(("Net.forward_backward (solver default)", timed(run_net, args.iters)))
+    net.keep_blob_diffs = True
+    rows.append(("Net.forward_backward, every blob diff kept", timed(run_net, args.iters)))
+    net.keep_blob_diffs = None
     rows.append(("plain PyTorch module", t_plain))
     plain_cl = plain.to(memory_format=torch.channels_last)
     x_cl = x.contiguous(memory_format=torch.channels_last)
     rows.append(("plain PyTorch module, channels_last", timed(lambda: run_plain(plain_cl, x_cl), args.iters)))
-    net.blobs["data"].data  # noqa: B018
-    for p in net.learnable_params:
-        if p.dim() == 4:
-            p.data = p.data.contiguous(memory_format=torch.channels_last)
-            p.grad = p.grad.contiguous(memory_format=torch.channels_last)
-    net._data["data"] = net._data["data"].contiguous(memory_format=torch.channels_last)
+    net.set_memory_format(torch.channels_last)
+    net.blobs["data"].data[...] = data
     rows.append(("Net.forward_backward, channels_last", timed(run_net, args.iters)))
 
     print(f"BN-Inception SOP train net, batch {args.batch} at {args.size} px, {args.threads} thread(s), "
@@ -206,7 +204,41 @@ def main(argv=None):
     print(f"{'variant':48s} {'s/iter':>8s} {'images/s':>9s} {'vs plain':>9s}")
     for name, t in rows:
         print(f"{name:48s} {t:8.3f} {args.batch / t:9.2f} {t / t_plain:8.3f}x")
+    if args.deploy and Path(args.deploy).exists():
+        deploy_table(args, data)
     return 0
+
+
+def deploy_table(args, data):
+    """TEST-phase forward of a deploy net (feature extraction): autograd on/off, channels_last."""
+    from rll_repro.net import Net
+
+    net = Net(args.deploy, phase="test", seed=0)
+    for layer in net.layers:  # unit running statistics (all-zero ones would blow activations up)
+        if layer.param.type == "BatchNorm":
+            layer.blobs[1].data.fill_(1.0)
+            layer.blobs[2].data.fill_(1.0)
+    net.forward(data=data)
+    reference = {k: v.copy() for k, v in net.forward(data=data).items()}
+    rows = []
+    rows.append(("forward (graph recorded)", timed(lambda: net.forward(data=data), args.iters)))
+    with torch.no_grad():
+        rows.append(("forward under torch.no_grad", timed(lambda: net.forward(data=data), args.iters)))
+    with torch.inference_mode():
+        rows.append(("forward under torch.inference_mode", timed(lambda: net.forward(data=data), args.iters)))
+        same = all(np.array_equal(reference[k], v) for k, v in net.forward(data=data).items())
+    net.set_memory_format(torch.channels_last)
+    with torch.inference_mode():
+        rows.append(("inference_mode + channels_last", timed(lambda: net.forward(data=data), args.iters)))
+        out = net.forward(data=data)
+        diff = max(float(np.abs(out[k] - reference[k]).max() / np.abs(reference[k]).max()) for k in out)
+    print()
+    print(f"deploy net {Path(args.deploy).name} (TEST phase) forward, batch {data.shape[0]}")
+    print(f"{'variant':48s} {'s/iter':>8s} {'images/s':>9s}")
+    for name, t in rows:
+        print(f"{name:48s} {t:8.3f} {data.shape[0] / t:9.2f}")
+    print(f"inference_mode output identical to the recorded-graph forward: {same}; "
+          f"channels_last max relative difference {diff:.1e}")
 
 
 if __name__ == "__main__":

@@ -305,7 +305,10 @@ class Net(nn.Module):
         for name in self.inputs:
             self._data[name] = torch.zeros(self._blob_shapes[name], dtype=torch.float32)
         self.blobs: "OrderedDict[str, Blob]" = OrderedDict((n, Blob(self, n)) for n in self._blob_shapes)
-        self.keep_blob_diffs = True
+        # Blob diffs (net.blobs[name].diff) are kept by forward()+backward(), as in pycaffe; the
+        # solver's forward_backward() skips them unless this is True (holding every activation
+        # gradient until the next pass costs memory and time). Param diffs are always kept.
+        self.keep_blob_diffs: bool | None = None
         self._loss_tops: list[tuple[str, float, torch.Tensor]] = []
         self._forward_graph = False
         self._forward_loss = 0.0
@@ -539,7 +542,11 @@ class Net(nn.Module):
                 if array.numel() == current.numel() and array.dim() < current.dim():
                     array = array.reshape(current.shape)
                 else:
-                    self._data[name] = array.clone()
+                    fmt = getattr(self, "_memory_format", None)
+                    array = array.clone()
+                    if fmt is not None and array.dim() == 4:
+                        array = array.contiguous(memory_format=fmt)
+                    self._data[name] = array
                     changed = True
                     continue
             current.copy_(array)
@@ -548,9 +555,9 @@ class Net(nn.Module):
                 changed = True
         return changed
 
-    def _run_forward(self) -> float:
+    def _run_forward(self, keep_diffs: bool = True) -> float:
         track = torch.is_grad_enabled()
-        keep = self.keep_blob_diffs and track
+        keep = keep_diffs and track
         data: dict[str, torch.Tensor] = {}
         first: dict[str, torch.Tensor] = {}  # alias root -> first tensor written (its grad is the diff)
         latest: dict[str, torch.Tensor] = {}  # alias root -> last tensor written (the data)
@@ -613,7 +620,7 @@ class Net(nn.Module):
         (plus any names in ``blobs``) as numpy arrays."""
         if self._set_inputs(inputs):
             self.reshape()
-        self._run_forward()
+        self._run_forward(keep_diffs=self.keep_blob_diffs is not False)
         names = list(self.outputs) + [b for b in (blobs or []) if b not in self.outputs]
         return {name: self.blobs[name].data for name in names}
 
@@ -673,11 +680,12 @@ class Net(nn.Module):
 
     def forward_backward(self) -> float:
         """Caffe's Net::ForwardBackward on the inputs already in the input blobs; the summed
-        weighted loss of the forward (param diffs accumulate)."""
+        weighted loss of the forward (param diffs accumulate). Blob diffs are only kept when
+        ``keep_blob_diffs`` is True (the solver does not need them)."""
         if any(tuple(self._data[n].shape) != self._blob_shapes[n] for n in self.inputs):
             self.reshape()
         with torch.enable_grad():
-            loss = self._run_forward()
+            loss = self._run_forward(keep_diffs=bool(self.keep_blob_diffs))
             self._run_backward()
         return loss
 
@@ -688,6 +696,23 @@ class Net(nn.Module):
                 p.grad = torch.zeros_like(p.data)
             else:
                 p.grad.zero_()
+
+    def set_memory_format(self, memory_format: torch.memory_format = torch.channels_last) -> "Net":
+        """Store 4-D weights and input blobs in ``memory_format`` (e.g. channels_last, often faster on
+        CPU). Values stay within float32 rounding of the default layout, not bit-identical: the
+        convolution kernels sum in another order."""
+        with torch.no_grad():
+            for p in self.learnable_params:
+                if p.dim() == 4:
+                    p.data = p.data.contiguous(memory_format=memory_format)
+                    if p.grad is not None:
+                        p.grad = p.grad.contiguous(memory_format=memory_format)
+            for name in self.inputs:
+                t = self._data[name]
+                if t.dim() == 4:
+                    self._data[name] = t.contiguous(memory_format=memory_format)
+        self._memory_format = memory_format
+        return self
 
     @property
     def loss(self) -> float:
