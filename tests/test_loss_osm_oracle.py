@@ -89,6 +89,7 @@ def test_whole_head_through_the_net_matches_caffe(case):
 
     z, (_, net_param) = load(case), layer_params(case)
     net = Net(net_param)
+    net.keep_blob_diffs = True  # the test reads blob diffs after forward_backward
     assert net.dialect.name == "osm"
     for layer in ("fc_logits", "fc_feat"):
         for i, p in enumerate(net.params[layer]):

@@ -57,7 +57,9 @@ def rel(ours, ref):
 def build_net(case):
     from rll_repro.net import Net
 
-    return Net(net_param(case))
+    net = Net(net_param(case))
+    net.keep_blob_diffs = True  # the tests read blob diffs after forward_backward
+    return net
 
 
 @pytest.mark.parametrize("case", CASES)
