@@ -126,7 +126,8 @@ def _canon_v5(value):
     if not isinstance(value, np.ndarray):
         return value
     if value.dtype.kind == "U":
-        return _chars_to_python(np.vectorize(ord, otypes=[np.uint32])(value) if value.size else np.zeros(value.shape, np.uint32), value.shape)
+        codes = np.ascontiguousarray(value, dtype="<U1").view(np.uint32).reshape(value.shape)  # UCS-4 code points
+        return _chars_to_python(codes, value.shape)
     if value.dtype.names is not None:  # struct array
         names = value.dtype.names
         items = [{n: _canon_v5(value[idx][n]) for n in names} for idx in np.ndindex(*value.shape)]
