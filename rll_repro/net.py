@@ -309,6 +309,7 @@ class Net(nn.Module):
         # solver's forward_backward() skips them unless this is True (holding every activation
         # gradient until the next pass costs memory and time). Param diffs are always kept.
         self.keep_blob_diffs: bool | None = None
+        self._shapes_dirty = False
         self._loss_tops: list[tuple[str, float, torch.Tensor]] = []
         self._forward_graph = False
         self._forward_loss = 0.0
@@ -504,9 +505,11 @@ class Net(nn.Module):
         self._blob_shapes[name] = shape
         self._data[name] = torch.zeros(shape, dtype=torch.float32)
         self._diff.pop(name, None)
+        self._shapes_dirty = True
 
     def reshape(self) -> None:
         """Caffe's Net::Reshape: propagate the input blobs' shapes through every layer."""
+        self._shapes_dirty = False
         shapes = {name: tuple(self._blob_data(name).shape) for name in self.inputs}
         for step in self._steps:
             if getattr(step.layer, "is_input", False):
@@ -553,7 +556,7 @@ class Net(nn.Module):
         for name in self.inputs:
             if tuple(self._data[name].shape) != self._blob_shapes[name]:
                 changed = True
-        return changed
+        return changed or self._shapes_dirty
 
     def _run_forward(self, keep_diffs: bool = True) -> float:
         track = torch.is_grad_enabled()
@@ -682,7 +685,7 @@ class Net(nn.Module):
         """Caffe's Net::ForwardBackward on the inputs already in the input blobs; the summed
         weighted loss of the forward (param diffs accumulate). Blob diffs are only kept when
         ``keep_blob_diffs`` is True (the solver does not need them)."""
-        if any(tuple(self._data[n].shape) != self._blob_shapes[n] for n in self.inputs):
+        if self._shapes_dirty or any(tuple(self._data[n].shape) != self._blob_shapes[n] for n in self.inputs):
             self.reshape()
         with torch.enable_grad():
             loss = self._run_forward(keep_diffs=bool(self.keep_blob_diffs))

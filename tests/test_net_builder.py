@@ -350,3 +350,15 @@ def test_in_place_relu_after_a_layer_whose_backward_reads_its_output_stays_corre
 def test_in_place_relu_after_scale_runs_in_place():
     text = input_layer("a", 1, 2) + 'layer { name: "s" type: "Scale" bottom: "a" top: "b" }\nlayer { name: "r" type: "ReLU" bottom: "b" top: "b" }\n'
     assert [step.inplace for step in make_net(text)._steps] == [False, False, True]
+
+
+def test_reshaping_an_input_blob_is_propagated_before_the_next_pass():
+    text = input_layer("x", 2, 3) + fc("fc", "x", "y", 2, extra="loss_weight: 1")
+    net = make_net(text, seed=0)
+    net.blobs["x"].reshape(5, 3)
+    net.blobs["x"].data[...] = 1.0
+    net.forward_backward()
+    assert net.blobs["y"].shape == (5, 2)
+    net.blobs["x"].reshape(5, 4)  # the InnerProduct was built for 3 inputs
+    with pytest.raises(NetError, match="'fc'.*does not match the weights' 3"):
+        net.forward_backward()
