@@ -1,13 +1,16 @@
 """The digits demo against the recorded real-Caffe run (../shared/oracle/rll/train_run_digits).
 
-Replaying Caffe's own initial weights and batches (input 16x - 128, see recipes/digits.py), the port
-follows Caffe's run closely: measured loss within 1e-6 relative over steps 1-20 and sampled params
-within 6e-7 of each blob's max after steps 1, 2, 5, 20; over all 300 steps the loss stays within
-1e-5 relative (3e-9 absolute) and the final params within 1.1e-6, so Recall@K comes out exactly.
-Held: 1e-5 over 20 steps (default run), 1e-4 for the full replay (slow). The README warns that the
-run is chaotic (a 1e-7 change of the initial weights moves the loss 3e-4 by step 50); our float32
-rounding differences evidently stay below what it amplifies here. The demo itself (our fillers and
-sampler) is checked for its run folder and a sane Recall; its agreement with Caffe is statistical.
+Replaying Caffe's own initial weights and batches (input 16x - 128, see recipes/digits.py), a port
+whose every layer rounds like Caffe follows Caffe's run closely: measured (layers as of commit
+fe89b2a^ without the Scale addcmul fusion) loss within 1e-6 relative over steps 1-20, sampled params
+within 6e-7 of each blob's max after steps 1, 2, 5, 20, and after all 300 steps params within 1.1e-6
+and Recall@K exactly Caffe's. Held: 1e-5 over 20 steps (default run), 1e-4 for the full replay
+(slow). The run is chaotic (README: a 1e-7 change of the initial weights moves the loss 3e-4 by step
+50): a single layer rounding differently from Caffe -- e.g. Scale computing x*g+b as one fused
+multiply-add where Caffe rounds x*g and then adds b -- shows up here as ~4e-6 at step 18, 3e-5 at
+step 20 and 1e-1 by step 100, which is why the tolerance is tight and the test meaningful. The demo
+itself (our fillers and sampler) is checked for its run folder and a sane Recall; its agreement with
+Caffe is statistical.
 """
 from __future__ import annotations
 
@@ -47,7 +50,8 @@ def _replay(oracle, steps, tol):
         inputs = {"data": images[run["batch_index"][k]], "label": run["labels"][k]}
         solver.step(1, batches=lambda it: inputs)
         loss = float(solver.net.blobs["loss"].data)
-        assert loss == pytest.approx(float(run["loss"][k]), rel=tol, abs=1e-8), f"loss after step {k + 1}"
+        assert loss == pytest.approx(float(run["loss"][k]), rel=tol, abs=1e-8), (
+            f"loss after step {k + 1} left Caffe's trajectory: some layer rounds differently from Caffe")
         prefix = f"after{k + 1}/param/"
         for name in run.files:
             if name.startswith(prefix):
