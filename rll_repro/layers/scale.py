@@ -1,6 +1,6 @@
 """Scale and Bias (Caffe's ScaleLayer / BiasLayer).
 
-Scale: y = γ ⊙ x (+ β), γ broadcast over the axes [axis, axis + num_axes) of x (``axis`` 1,
+Scale: y = γ ⊙ x (+ β, added to the rounded product), γ broadcast over the axes [axis, axis + num_axes) of x (``axis`` 1,
 ``num_axes`` 1 by default; num_axes −1 = all remaining axes, 0 = a scalar). With one bottom γ is
 blob [0] (``filler``, default constant 1) and β, when ``bias_term``, is blob [1] (``bias_filler``,
 default constant 0). With two bottoms γ is bottom 1 (its shape fixes the broadcast axes) and β,
@@ -82,9 +82,12 @@ class Scale(Layer):
     def forward(self, x, *rest):
         ndim = x.dim()
         gamma = _view(rest[0] if self.two_bottoms else self.blobs[0], self.axis, ndim)
+        y = x * gamma
         if self.bias_term:
-            return (torch.addcmul(_view(self.blobs[self.bias_index], self.axis, ndim), x, gamma),)
-        return (x * gamma,)
+            # Caffe rounds x·γ, then adds β (two roundings; a fused multiply-add would round once).
+            # In place on the fresh product: mul's backward reads x and γ, not y.
+            y = y.add_(_view(self.blobs[self.bias_index], self.axis, ndim))
+        return (y,)
 
 
 @register
