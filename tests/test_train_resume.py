@@ -87,3 +87,27 @@ def test_resume_without_the_side_file_is_caffes_resume_and_differs_with_dropout(
     resumed.restore(state)
     resumed.step(3, batches=digits.batch_source().batch)
     assert not np.array_equal(whole.net.params["fc"][0].data, resumed.net.params["fc"][0].data)
+
+
+def test_loader_batch_source_yields_the_iterations_batch_in_any_order():
+    """The paper-setting source (data module's DataLoader pipeline) gives batch t whether reached by
+    iterating or by jumping there after a restore."""
+    from rll_repro.data import loader, samplers
+    from rll_repro.train import LoaderBatchSource
+
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(40, 3, 4, 4)).astype(np.float32)
+    ids = np.repeat(np.arange(1, 11), 4)
+
+    def source():
+        sampler = samplers.RLLBatchSampler(ids, 3, 2, seed=5, num_iterations=50)
+        return LoaderBatchSource(loader.make_train_loader((images, ids), sampler, None))
+
+    walked = source()
+    batches = [walked.batch(t) for t in range(6)]
+    jumped = source()
+    jumped.load_state_dict({"seed": 5, "iteration": 4})
+    b4 = jumped.batch(4)
+    np.testing.assert_array_equal(b4["data"], batches[4]["data"])
+    np.testing.assert_array_equal(b4["label"], batches[4]["label"])
+    assert walked.state_dict()["iteration"] == 6
