@@ -487,3 +487,17 @@ def test_input_layer_shares_one_shape_among_tops():
     net = make_net(text)
     assert net.inputs == ["a", "b"]
     assert net.blobs["b"].shape == (2, 3)
+
+
+def test_scale_rounds_the_product_before_adding_the_bias():
+    # Caffe computes x·γ (rounded to float32), then adds β; a fused multiply-add differs in the last bit
+    # for about a third of the values here, which is enough to move a chaotic training run.
+    r = rng(9)
+    x = r.standard_normal((16, 8, 8, 8)).astype(np.float32)
+    gamma, beta = r.standard_normal((2, 8)).astype(np.float32)
+    net = make_net(input_layer("a", 16, 8, 8, 8) + 'layer { name: "sc" type: "Scale" bottom: "a" top: "s" scale_param { bias_term: true } }')
+    net.params["sc"][0].data[...] = gamma
+    net.params["sc"][1].data[...] = beta
+    out = net.forward(a=x)["s"]
+    expected = (x * gamma[:, None, None]).astype(np.float32) + beta[:, None, None]
+    np.testing.assert_array_equal(out, expected)
