@@ -137,3 +137,31 @@ def test_labels_and_scores_cannot_receive_gradient():
     bad.propagate_down[2] = True
     with pytest.raises(NetError, match="propagate_down"):
         DistanceWeightedValidPairLossV5(bad, [(14, 16, 1, 1), (14,), (14, 1)], ctx())
+
+
+def test_weighted_softmax_honours_ignore_label_and_does_not_normalise():
+    lp = caffe_pb2.LayerParameter(name="wsm", type="WeightedSoftmaxWithLoss", bottom=["z", "l", "w"], top=["loss"])
+    lp.loss_param.ignore_label = 2
+    lp.loss_param.normalization = caffe_pb2.LossParameter.VALID  # parsed, ignored by the fork
+    z = torch.tensor([[1.0, 2.0, 0.5], [0.1, 0.2, 3.0], [2.0, -1.0, 0.0]], requires_grad=True)
+    labels, w = torch.tensor([1.0, 2.0, 0.0]), torch.tensor([0.5, 0.25, 2.0])
+    layer = WeightedSoftmaxWithLoss(lp, [z.shape, labels.shape, w.shape], ctx())
+    (loss,) = layer.forward(z, labels, w)
+    q = torch.softmax(z.detach().double(), 1)
+    expected = -(0.5 * torch.log(q[0, 1]) + 2.0 * torch.log(q[2, 0]))
+    assert float(loss.detach()) == pytest.approx(float(expected), rel=1e-6)
+    loss.backward(torch.tensor(1.0))
+    assert float(z.grad[1].abs().max()) == 0.0
+    onehot = torch.zeros(3)
+    onehot[1] = 1
+    assert torch.allclose(z.grad[0].double(), 0.5 * (q[0] - onehot), rtol=1e-6, atol=1e-7)
+
+
+def test_extract_prob_label_out_of_range_is_a_data_error():
+    from rll_repro.errors import DataError
+
+    lps, _ = layer_params("osm_caa_head_cars")
+    prob = torch.full((3, 4), 0.25)
+    layer = ExtractProb(lps["p_gt"], [prob.shape, (3,)], ctx())
+    with pytest.raises(DataError, match="out of range"):
+        layer.forward(prob, torch.tensor([0.0, 4.0, 1.0]))
