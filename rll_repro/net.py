@@ -558,13 +558,15 @@ class Net(nn.Module):
                 changed = True
         return changed or self._shapes_dirty
 
-    def _run_forward(self, keep_diffs: bool = True) -> float:
+    def _run_forward(self, keep_diffs: bool = True, start: int = 0, end: int | None = None) -> float:
         track = torch.is_grad_enabled()
         keep = keep_diffs and track
         data: dict[str, torch.Tensor] = {}
         first: dict[str, torch.Tensor] = {}  # alias root -> first tensor written (its grad is the diff)
         latest: dict[str, torch.Tensor] = {}  # alias root -> last tensor written (the data)
         root_of = self._alias_root
+        if start > 0:  # pycaffe's forward(start=...): earlier blobs keep their data
+            data.update({k: v.detach() for k, v in self._data.items()})
         for name in self.inputs:
             t = self._data[name]
             if track and self.force_backward:
@@ -580,7 +582,7 @@ class Net(nn.Module):
                 if t.requires_grad:
                     t.register_hook(functools.partial(grads.__setitem__, name))
         total = 0.0
-        for step in self._steps:
+        for step in self._steps[start:end]:
             if getattr(step.layer, "is_input", False):
                 continue
             xs = [data[b] if p else data[b].detach() for b, p in zip(step.bottoms, step.propagate)]
@@ -593,6 +595,8 @@ class Net(nn.Module):
             if len(outs) != len(step.tops):
                 raise NetError(f"layer {step.layer.layer_name!r} returned {len(outs)} tops, expected {len(step.tops)}")
             for t_name, t, w in zip(step.tops, outs, step.loss_weights):
+                if t_name not in step.bottoms and any(t is x for x in xs):
+                    t = t.view_as(t)  # a pass-through top (Split, Dropout in TEST) gets its own diff
                 root = root_of[t_name]
                 if root not in first:
                     first[root] = t
@@ -618,14 +622,26 @@ class Net(nn.Module):
         self._forward_loss = total
         return total
 
-    def forward(self, blobs: Sequence[str] | None = None, **inputs) -> dict[str, np.ndarray]:
-        """pycaffe's Net.forward: set the named inputs, run every layer, return the output blobs
-        (plus any names in ``blobs``) as numpy arrays."""
+    def forward(
+        self, blobs: Sequence[str] | None = None, start: str | None = None, end: str | None = None, **inputs
+    ) -> dict[str, np.ndarray]:
+        """pycaffe's Net.forward: set the named inputs, run the layers (from layer ``start`` to layer
+        ``end``, both included, default all), return the output blobs (the ``end`` layer's tops when
+        given) plus any names in ``blobs``, as numpy arrays."""
         if self._set_inputs(inputs):
             self.reshape()
-        self._run_forward(keep_diffs=self.keep_blob_diffs is not False)
-        names = list(self.outputs) + [b for b in (blobs or []) if b not in self.outputs]
+        first = self._layer_index(start) if start is not None else 0
+        last = self._layer_index(end) + 1 if end is not None else len(self._steps)
+        self._run_forward(keep_diffs=self.keep_blob_diffs is not False, start=first, end=last)
+        outputs = list(self._steps[last - 1].tops) if end is not None else list(self.outputs)
+        names = outputs + [b for b in (blobs or []) if b not in outputs]
         return {name: self.blobs[name].data for name in names}
+
+    def _layer_index(self, name: str) -> int:
+        try:
+            return self.layer_names.index(name)
+        except ValueError:
+            raise NetError(f"no layer named {name!r}") from None
 
     def _run_backward(self, top_diffs: dict[str, np.ndarray] | None = None) -> None:
         if not self._forward_graph:

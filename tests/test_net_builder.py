@@ -362,3 +362,27 @@ def test_reshaping_an_input_blob_is_propagated_before_the_next_pass():
     net.blobs["x"].reshape(5, 4)  # the InnerProduct was built for 3 inputs
     with pytest.raises(NetError, match="'fc'.*does not match the weights' 3"):
         net.forward_backward()
+
+
+def test_forward_start_and_end_run_a_layer_range_like_pycaffe():
+    text = input_layer("a", 1, 2) + (
+        'layer { name: "s1" type: "Scale" bottom: "a" top: "b" scale_param { filler { type: "constant" value: 2 } } }\n'
+        'layer { name: "s2" type: "Scale" bottom: "b" top: "c" scale_param { filler { type: "constant" value: 3 } } }\n')
+    net = make_net(text)
+    out = net.forward(end="s1", a=np.ones((1, 2), np.float32))
+    assert list(out) == ["b"]
+    np.testing.assert_array_equal(out["b"], 2.0)
+    net.blobs["b"].data[...] = 10.0
+    np.testing.assert_array_equal(net.forward(start="s2")["c"], 30.0)
+
+
+def test_a_pass_through_top_gets_its_own_diff():
+    # Dropout in TEST returns its bottom; the top's diff must not include the bottom's other consumers.
+    text = "force_backward: true\n" + input_layer("a", 1, 2) + (
+        'layer { name: "d" type: "Dropout" bottom: "a" top: "d" }\n'
+        'layer { name: "s" type: "Scale" bottom: "a" top: "s" scale_param { filler { type: "constant" value: 3 } } }\n')
+    net = make_net(text, phase="test")
+    net.forward(a=np.ones((1, 2), np.float32))
+    diffs = net.backward(diffs=["d"], d=np.ones((1, 2), np.float32), s=np.ones((1, 2), np.float32))
+    np.testing.assert_array_equal(diffs["d"], 1.0)
+    np.testing.assert_array_equal(diffs["a"], 4.0)
