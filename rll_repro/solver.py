@@ -357,7 +357,10 @@ class Solver:
                               f"{self.type_name} solver of this net needs {len(self.history)}")
         arrays = []
         for i, blob in enumerate(state.history):
-            arr = blob_to_array(blob)
+            try:
+                arr = blob_to_array(blob)
+            except RLLReproError as exc:
+                raise FormatError(f"{path}: history blob {i}: {exc}") from None
             if arr.size != self.history[i].numel():
                 raise FormatError(f"{path}: history blob {i} has {arr.size} values, the net's param "
                                   f"({self._param_owner[i % len(self.learnable_params)]}) has {self.history[i].numel()}")
