@@ -117,6 +117,10 @@ class Solver:
         self.history = [torch.zeros_like(self.learnable_params[i % n].detach())
                         for i in range(n * self.history_per_param)]
         self._param_owner = self._param_owners()
+        #: test_batches(test_net_index, k) -> {input blob: array} feeds the test nets' inputs
+        self.test_batches: Callable[[int, int], "Mapping[str, np.ndarray] | None"] | None = None
+        self.test_results: list[dict[str, float]] = []
+        self.test_nets = self._build_test_nets() if net is None else []
 
     # ------------------------------------------------------------------ construction
     def _check_param(self) -> None:
@@ -140,6 +144,64 @@ class Solver:
         else:
             net_param = _resolve(getattr(p, field), self._base_dir)
         return Net(net_param, phase="train")
+
+    def _build_test_nets(self) -> list:
+        """Caffe's Solver::InitTestNets: test_net_param entries, then test_net files, then the
+        generic net (net / net_param) for the remaining test_iter entries, all in phase TEST."""
+        p = self.param
+        if not len(p.test_iter):
+            return []
+        from rll_repro.net import Net
+
+        sources = list(p.test_net_param) + [_resolve(f, self._base_dir) for f in p.test_net]
+        if p.HasField("net_param"):
+            generic = p.net_param
+        elif p.HasField("net"):
+            generic = _resolve(p.net, self._base_dir)
+        else:
+            generic = None
+        if generic is not None:
+            sources += [generic] * (len(p.test_iter) - len(sources))
+        if len(sources) != len(p.test_iter):
+            raise TrainingError(f"solver: {len(p.test_iter)} test_iter entries for {len(sources)} test nets")
+        return [Net(src, phase="test") for src in sources]
+
+    def test_all(self) -> list[dict[str, float]]:
+        """Caffe's Solver::TestAll: every test net shares the train net's weights (by layer name) and
+        averages its outputs over test_iter forward passes; logged as 'Test net output #k'."""
+        self.test_results = [self._test(i) for i in range(len(self.test_nets))]
+        return self.test_results
+
+    @torch.no_grad()
+    def _test(self, index: int) -> dict[str, float]:
+        net = self.test_nets[index]
+        for name, blobs in net.params.items():  # ShareTrainedLayersWith
+            src = self.net.params.get(name)
+            if src is not None:
+                for dst, s in zip(blobs, src):
+                    dst.data[...] = s.data
+        if self.log is not None:
+            self.log.info(f"Iteration {self.iter}, Testing net (#{index})", source="solver.cpp:341")
+        sums: dict[str, np.ndarray] = {}
+        iters = int(self.param.test_iter[index])
+        for k in range(iters):
+            inputs = self.test_batches(index, k) if self.test_batches is not None else None
+            outputs = net.forward(**{n: np.asarray(v, np.float32) for n, v in (inputs or {}).items()})
+            for name, value in outputs.items():
+                value = np.asarray(value, np.float64).reshape(-1)
+                sums[name] = sums[name] + value if name in sums else value.copy()
+        results, out_index = {}, 0
+        weights = _output_loss_weights(net)
+        for name, total in sums.items():
+            for j, v in enumerate(total / max(iters, 1)):
+                key = name if total.size == 1 else f"{name}[{j}]"
+                results[key] = float(v)
+                if self.log is not None:
+                    w = weights.get(name, 0.0)
+                    extra = f" (* {w:g} = {w * v:g} loss)" if w else ""
+                    self.log.info(f"    Test net output #{out_index}: {name} = {v:g}{extra}", source="solver.cpp:414")
+                out_index += 1
+        return results
 
     def _param_owners(self) -> list[str]:
         """``layer/index`` of each learnable param (for error messages)."""
@@ -170,6 +232,10 @@ class Solver:
         display = int(self.param.display)
         while self.iter < stop_iter:
             self.net.clear_param_diffs()
+            interval = int(self.param.test_interval)
+            if self.test_nets and interval and self.iter % interval == 0 and (
+                    self.iter > 0 or self.param.test_initialization):
+                self.test_all()
             loss = f32(0)
             for _ in range(iter_size):
                 if batches is not None:
@@ -436,6 +502,17 @@ def _net_generator(net) -> torch.Generator | None:
     """The generator the net's layers draw from (fillers, Dropout), when it has its own."""
     gen = getattr(getattr(net, "ctx", None), "generator", None)
     return gen if isinstance(gen, torch.Generator) else None
+
+
+def _output_loss_weights(net) -> dict[str, float]:
+    """Output blob -> its loss weight (loss layers' first top default to 1)."""
+    out = {}
+    for layer in getattr(net, "layers", []):
+        weights = list(layer.param.loss_weight) or ([1.0] if getattr(layer, "is_loss", False) else [])
+        for top, w in zip(layer.param.top, weights):
+            if w:
+                out[top] = float(w)
+    return out
 
 
 def _blob_producers(net) -> dict[str, str]:
