@@ -137,8 +137,9 @@ def run_training(solver, source: BatchSource | None, schedule: Schedule, log=Non
         raise DataError(f"the net has input blobs {', '.join(solver.net.inputs)}: give a data source")
     if log is not None:
         log.solving(getattr(solver.net, "name", "") or "net", solver.param.lr_policy)
-        solver.log = log if int(solver.param.display) else solver.log
-    interval = max(int(schedule.output_interval or 0), 0)
+        solver.log = log  # test-net lines, clipping notes, and Caffe's own lines if `display` is set
+    # The scripts' loss printout; a solver with `display` logs Caffe's lines itself instead.
+    interval = 0 if int(solver.param.display) else max(int(schedule.output_interval or 0), 0)
     start = solver.iter
     try:
         with Progress(max(schedule.max_iter - start, 0), "train", enabled=progress) as bar:
@@ -165,6 +166,9 @@ def run_training(solver, source: BatchSource | None, schedule: Schedule, log=Non
             log.info(str(exc), source="solver.cpp:214", level="E")
         raise
     done = solver.iter
+    test_interval = int(solver.param.test_interval)
+    if getattr(solver, "test_nets", None) and test_interval and done % test_interval == 0 and done > start:
+        solver.test_all()  # Caffe's Solve() tests once more after the last iteration
     if schedule.snapshot_at_end and done > start and not schedule.saves_at(done):
         history.snapshots.append(solver.snapshot(schedule.snapshot_prefix)[1])
     if log is not None:
