@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from rll_repro.net import Net
 
@@ -130,8 +131,6 @@ def test_sop_train_net_backbone_gradients_match_caffe_within_float32_noise(sop_t
 
 @pytest.mark.slow
 def test_sop_train_net_gradients_are_as_close_to_caffe_as_float64_arithmetic_is(sop_train):
-    import torch
-
     net32, z, inputs, _, grads32, _ = sop_train
     from conftest import shared_path
 
@@ -158,7 +157,8 @@ def test_sop_deploy_net_in_test_phase_matches_caffe_after_two_copy_from(shared):
     net = Net(case / "net.prototxt", phase="test")
     net.copy_from(train_weights)
     net.copy_from(case / "bn_stats.caffemodel")
-    out = net.forward(data=z["input/data"])
+    with torch.no_grad():
+        out = net.forward(data=z["input/data"])
     feature = z["feature/pool5/7x7_s1"]
     ours = out["pool5/7x7_s1"].reshape(feature.shape)
     assert np.abs(ours - feature).max() <= 1e-5 * np.abs(feature).max()

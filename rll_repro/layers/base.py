@@ -65,6 +65,11 @@ class Layer(nn.Module):
 
     type_names: ClassVar[tuple[str, ...]] = ()
     is_loss: ClassVar[bool] = False  # Caffe LossLayer: top 0 gets loss_weight 1 unless set
+    # Optional capabilities the net builder reads (all off by default):
+    is_input: ClassVar[bool] = False  # tops are net inputs fed from outside (Input)
+    shares_bottom_memory: ClassVar[bool] = False  # top 0 shares bottom 0's data and diff (Reshape, Flatten)
+    output_unused_in_backward: ClassVar[bool] = False  # backward never reads the tops: an in-place
+    # layer after it (ReLU with ``forward_inplace``) may overwrite them
 
     def __init__(self, param, bottom_shapes: Sequence[Shape], ctx: BuildContext):
         super().__init__()
