@@ -9,8 +9,10 @@ Figures (best of --repeats, seconds):
   Recall@K      the whole SOP evaluation (normalise, blocked matmul, stable first-hit ranks,
                 Recall@1,10,100,1000): rll_repro.eval.metrics.recall_at_k
   kNN top-1000  rll_repro.eval.knn.knn with k=1000 (only with --topk; informative)
-Peak memory: the process's peak RSS growth during each step (a fresh subprocess per step, read
-with resource.getrusage), so the figures do not include each other.
+All steps run in one subprocess, interleaved round by round so that each sees the same machine
+load; the median per-round ratio step/matmul is the robust figure on a shared machine. Peak memory:
+the process's peak RSS (resource.getrusage) after the first run of each step, steps ordered by
+footprint, and its growth over the process after setup (torch + the 124 MB feature matrix).
 The machine is shared: run it a few times and read the ratio, not the absolute seconds.
 """
 from __future__ import annotations
@@ -32,35 +34,35 @@ labels = np.repeat(np.arange((n + 4) // 5), 5)[:n]          # SOP-like: ~5 image
 centers = rng.standard_normal(((n + 4) // 5, d), dtype=np.float32)
 X = centers[labels] + 1.5 * rng.standard_normal((n, d), dtype=np.float32)
 X /= np.sqrt((X * X).sum(1, keepdims=True))
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-step = "{step}"
-times = []
-for _ in range({repeats}):
-    t0 = time.perf_counter()
-    if step == "matmul":
-        Xt = torch.from_numpy(X); buf = torch.empty(2048, n)
-        for s in range(0, n, 2048):
-            e = min(s + 2048, n); torch.mm(Xt[s:e], Xt.T, out=buf[:e - s])
-    elif step == "full":
-        Xt = torch.from_numpy(X); S = torch.mm(Xt, Xt.T); del S
-    elif step == "recall":
-        from rll_repro.eval.metrics import recall_at_k
-        r = recall_at_k(X, labels, (1, 10, 100, 1000))
-    elif step == "topk":
-        from rll_repro.eval.knn import knn
-        v, i = knn(X, 1000, normalized=True)
-    times.append(time.perf_counter() - t0)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({{"times": times, "peak_mb": peak / 1024, "base_mb": base / 1024}}))
+from rll_repro.eval.metrics import recall_at_k
+from rll_repro.eval.knn import knn
+
+def matmul():
+    Xt = torch.from_numpy(X); buf = torch.empty(2048, n)
+    for s in range(0, n, 2048):
+        e = min(s + 2048, n); torch.mm(Xt[s:e], Xt.T, out=buf[:e - s])
+
+steps = {{"matmul": matmul, "recall": lambda: recall_at_k(X, labels, (1, 10, 100, 1000)),
+         "topk": lambda: knn(X, 1000, normalized=True),
+         "full": lambda: torch.mm(torch.from_numpy(X), torch.from_numpy(X).T)}}
+order = {order}
+rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+out = {{"base_mb": rss(), "peak_mb": {{}}, "times": {{k: [] for k in order}}}}
+for r in range({repeats}):
+    for name in order:                      # interleaved, so every step sees the same load
+        t0 = time.perf_counter(); steps[name](); out["times"][name].append(time.perf_counter() - t0)
+        if r == 0:
+            out["peak_mb"][name] = rss()        # running maximum: steps are ordered by footprint
+print(json.dumps(out))
 """
 
 
-def run_step(step: str, args) -> dict:
-    code = STEP.format(threads=args.threads, n=args.n, dim=args.dim, step=step, repeats=args.repeats)
+def run_steps(order: list[str], args) -> dict:
+    code = STEP.format(threads=args.threads, n=args.n, dim=args.dim, order=order, repeats=args.repeats)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     if out.returncode != 0:
-        raise SystemExit(f"step {step} failed:\n{out.stderr}")
+        raise SystemExit(f"benchmark failed:\n{out.stderr}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -73,24 +75,26 @@ def main() -> None:
     p.add_argument("--topk", action="store_true", help="also time kNN top-1000")
     p.add_argument("--full", action="store_true", help="also time one full product (needs ~15 GB)")
     args = p.parse_args()
-    steps = ["matmul", "recall"] + (["topk"] if args.topk else []) + (["full"] if args.full else [])
+    order = ["matmul", "recall"] + (["topk"] if args.topk else []) + (["full"] if args.full else [])
     labels = {"matmul": "bare matmul (blocked)", "full": "bare matmul (full result)",
               "recall": "Recall@1,10,100,1000", "topk": "kNN top-1000"}
-    results = {}
     t0 = time.time()
-    for step in steps:
-        results[step] = run_step(step, args)
-    base = min(results["matmul"]["times"])
-    print(f"SOP-sized evaluation: {args.n} x {args.dim} float32, {args.threads} threads, "
-          f"best of {args.repeats} (load average {os.getloadavg()[0]:.2f})")
-    print(f"{'step':<28}{'best s':>9}{'all runs s':>24}{'x matmul':>10}{'peak RSS MB':>13}{'growth MB':>11}")
-    for step in steps:
-        r = results[step]
-        best = min(r["times"])
-        runs = ",".join(f"{t:.1f}" for t in r["times"])
-        print(f"{labels[step]:<28}{best:>9.2f}{runs:>24}{best / base:>10.2f}{r['peak_mb']:>13.0f}"
-              f"{r['peak_mb'] - r['base_mb']:>11.0f}")
-    print(f"(total {time.time() - t0:.0f} s; target: Recall@K <= 1.30 x matmul, peak < 2048 MB)")
+    load_before = os.getloadavg()[0]
+    res = run_steps(order, args)
+    base = res["times"]["matmul"]
+    print(f"SOP-sized evaluation: {args.n} x {args.dim} float32, {args.threads} threads, {args.repeats} "
+          f"interleaved rounds (load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after)")
+    print(f"{'step':<26}{'best s':>8}{'all rounds s':>22}{'best/best':>10}{'median ratio':>13}"
+          f"{'peak RSS MB':>12}{'growth MB':>10}")
+    for name in order:
+        times = res["times"][name]
+        ratios = sorted(t / b for t, b in zip(times, base))
+        runs = ",".join(f"{t:.1f}" for t in times)
+        print(f"{labels[name]:<26}{min(times):>8.2f}{runs:>22}{min(times) / min(base):>10.2f}"
+              f"{ratios[len(ratios) // 2]:>13.2f}{res['peak_mb'][name]:>12.0f}"
+              f"{res['peak_mb'][name] - res['base_mb']:>10.0f}")
+    print(f"(total {time.time() - t0:.0f} s; targets: Recall@K <= 1.30 x bare matmul, peak RSS < 2048 MB; "
+          "ratio per round = step / the matmul of the same round)")
 
 
 if __name__ == "__main__":

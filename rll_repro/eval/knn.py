@@ -8,8 +8,8 @@ on the float32 similarities it computes, without ever holding the full n x n mat
 processed in blocks of ``block_rows`` (one ``block_rows x n`` float32 buffer, reused).
 
 * :func:`first_hit_ranks` -- the rank of the first same-class item of every query (all Recall@K need).
-  Per block: one matmul, a gather of the positives' similarities, and one compare-and-count pass
-  (plus a second one only for the rows whose best positive ties with another item).
+  Per block: one matmul, a gather of the positives' similarities, one compare-and-count pass, and
+  a second one only over the rows whose first hit is not at rank 0.
 * :func:`knn` -- the k nearest neighbours (blocked matmul + top-k), stable tie order.
 * :func:`stable_order_desc` -- the full stable ranking of a few rows (re-id protocols).
 """
@@ -79,7 +79,7 @@ SPARSE_POSITIVES_MAX = 256  # above this many same-label items per query, use a 
 
 
 def _best_positive(sn, rows, start, positives, ql, gl, exclude_self):
-    """(similarity, lowest index) of each block row's most similar same-label item (-inf, big if none)."""
+    """(similarity, lowest index, how many tie at it) of each block row's most similar same-label item."""
     b = sn.shape[0]
     big = np.iinfo(np.int64).max
     if int(positives.counts[start:start + b].max(initial=0)) <= SPARSE_POSITIVES_MAX:
@@ -89,8 +89,8 @@ def _best_positive(sn, rows, start, positives, ql, gl, exclude_self):
         valid = pos >= 0
         pos_sim = np.where(valid, sn[rows[:, None], np.maximum(pos, 0)], -np.inf)
         best = pos_sim.max(axis=1)
-        p = np.where(valid & (pos_sim == best[:, None]), pos, big).min(axis=1)
-        return best, p
+        at_best = valid & (pos_sim == best[:, None])
+        return best, np.where(at_best, pos, big).min(axis=1), at_best.sum(axis=1)
     same = gl[None, :] == ql[start:start + b, None]  # few large classes: one dense pass instead
     if exclude_self:
         same[rows, start + rows] = False
@@ -98,7 +98,7 @@ def _best_positive(sn, rows, start, positives, ql, gl, exclude_self):
     best = masked.max(axis=1)
     at_best = same & (masked == best[:, None])
     p = np.where(at_best.any(axis=1), at_best.argmax(axis=1), big)
-    return best, p
+    return best, p, at_best.sum(axis=1)
 
 
 def first_hit_ranks(query: np.ndarray, q_labels, gallery: np.ndarray | None = None, g_labels=None,
@@ -142,20 +142,25 @@ def first_hit_ranks(query: np.ndarray, q_labels, gallery: np.ndarray | None = No
             s[rows, start + rows] = float("-inf")  # MATLAB: Dist(i,i) = +inf
         sn = s.numpy()
         # best positive: highest similarity, lowest gallery index among equals
-        best, p = _best_positive(sn, rows, start, positives, ql, gl, exclude_self)
+        best, p, n_tied = _best_positive(sn, rows, start, positives, ql, gl, exclude_self)
         has = np.isfinite(best)
         thr = np.where(has, best, np.inf).astype(np.float32)[:, None]
         m = mask[:b]
-        np.greater(sn, thr, out=m)
-        above = m.view(np.uint8).sum(axis=1, dtype=np.int64)
         np.greater_equal(sn, thr, out=m)
-        at_or_above = m.view(np.uint8).sum(axis=1, dtype=np.int64)
-        rank = above.copy()
-        tied = has & (at_or_above - above > 1)
-        if tied.any():  # another item has exactly the best positive's similarity: lower index first
-            t = np.flatnonzero(tied)
-            eq = (sn[t] == thr[t]) & (cols[None, :] < p[t, None])
-            rank[t] += eq.sum(axis=1)
+        at_or_above = m.view(np.uint8).sum(axis=1, dtype=np.int32)
+        rank = np.zeros(b, dtype=np.int64)
+        # only the best positive and positives tied with it at or above it: rank 0 (p is the lowest
+        # index among them); otherwise count the strictly greater items, then ties of lower index
+        need = np.flatnonzero(has & (at_or_above > n_tied))
+        if need.size:
+            sub = sn[need]
+            above = np.count_nonzero(sub > thr[need], axis=1)
+            rank[need] = above
+            tied = np.flatnonzero(at_or_above[need] - above > 1)
+            if tied.size:
+                t = need[tied]
+                eq = (sub[tied] == thr[t]) & (cols[None, :] < p[t, None])
+                rank[t] += eq.sum(axis=1)
         if exclude_self:
             # self sits last (position ng-1) and is same-class: the first hit is never later than that
             rank = np.where(has, rank, ng - 1)
