@@ -26,6 +26,9 @@ examples:
 """
 
 BATCH_SIZES = {"sop": 32, "inshop": 128, "market": 128, "cub": 64, "cars": 64, "mars": 64, "lpw": 64}
+# test-time preprocessing of image paths per protocol (data cells are already preprocessed)
+PREPROCESS = {"sop": "rll", "inshop": "rll", "market": "market", "cub": "osm", "cars": "osm", "mars": "osm",
+              "lpw": "osm"}
 
 
 def add_arguments(parser) -> None:
@@ -35,6 +38,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--protocol", required=True, choices=sorted(BATCH_SIZES))
     parser.add_argument("--heads", help="concatenate raw head outputs, e.g. H,L,M (default: the deploy blob)")
     parser.add_argument("--blob", help="feature blob name(s), comma-separated (default pool5/7x7_s1)")
+    parser.add_argument("--preprocess", choices=["rll", "market", "osm"],
+                        help="image preprocessing: rll (256 resize, 227 center crop), market (its square "
+                        "crop), osm (224 resize); default per protocol (rll: sop/inshop, market, osm: others)")
     parser.add_argument("--batch-size", type=int, help="images per forward (default per protocol)")
     parser.add_argument("--data-root", help="folder that replaces the lists' original image prefix")
     parser.add_argument("--strip-prefix", help="the original prefix to replace by --data-root")
@@ -61,12 +67,20 @@ def feature_blobs(args) -> list[str]:
     return [DEPLOY_BLOB]
 
 
+def _transform(args, transforms):
+    name = args.preprocess or PREPROCESS[args.protocol]
+    return {"rll": transforms.rll_test_transform, "market": transforms.market_test_transform,
+            "osm": transforms.osm_offline_transform}[name]
+
+
 def _extract_list(net, image_list, transform, args, blobs, desc):
     from rll_repro.data import loader
     from rll_repro.eval.extract import extract_features
 
-    batches = loader.make_test_loader(image_list, transform, batch_size=args.batch_size,
-                                      data_root=None)
+    use_boxes = getattr(image_list, "boxes", None) is not None and transform is not None \
+        and (args.preprocess or PREPROCESS[args.protocol]) == "osm"  # OSM bbox lists: crop, then resize
+    batches = loader.make_test_loader(image_list, transform, batch_size=args.batch_size, data_root=None,
+                                      use_boxes=use_boxes)
     return extract_features(net, batches, blobs, total=len(image_list), desc=desc)
 
 
@@ -93,7 +107,7 @@ def run(args) -> int:
 
     if args.protocol in ("sop", "cub", "cars", "inshop"):
         image_list = loader.resolve_source(args.list, args.data_root, args.strip_prefix)
-        transform = None if image_list.images is not None else transforms.rll_test_transform
+        transform = None if image_list.images is not None else _transform(args, transforms)
         feats = _extract_list(net, image_list, transform, args, blobs, "extract")
         labels = np.asarray(image_list.class_ids).reshape(-1)
         args._query_mask_array = None
@@ -106,7 +120,7 @@ def run(args) -> int:
         results = evaluate_arrays(feats, labels, args, meta)
     elif args.protocol == "market":
         ev = lists.load_market_evaluation(args.list, data_root=args.data_root, strip_prefix=args.strip_prefix)
-        t = transforms.market_test_transform
+        t = _transform(args, transforms)
         def source(paths):  # labels are not used by the re-id rules (ids/cameras are)
             return loader.resolve_source({"paths": paths, "class_ids": np.ones(len(paths), np.int64)})
 
@@ -126,7 +140,7 @@ def run(args) -> int:
         flat = [p for frames in tr.frames for p in frames]
         owner = np.repeat(np.arange(len(tr.frames)), [len(f) for f in tr.frames])
         src = loader.resolve_source({"paths": flat, "class_ids": np.ones(len(flat), np.int64)})
-        frames = _extract_list(net, src, transforms.osm_offline_transform, args, blobs, "frames")
+        frames = _extract_list(net, src, _transform(args, transforms), args, blobs, "frames")
         feats = metrics.tracklet_features(frames, owner)
         if args.save_features:
             save_features(args.save_features, feats, tr.labels)
