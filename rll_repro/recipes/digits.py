@@ -11,7 +11,9 @@ multistep SGD 0.01, x0.2 at 150 and 240, momentum 0.9, 300 iterations). After tr
 deploy net embeds the test classes and Recall@1,2,4,8 is computed on the L2-normalised embedding.
 
 Our fillers and sampler are not Caffe's (MATLAB's / Caffe's random streams are not reproduced), and
-training is chaotic, so the reference numbers below are matched statistically, not digit for digit.
+training is chaotic, so the reference numbers below are matched statistically, not digit for digit:
+with sampler seeds 123, 1, 2, 3, 4 we measured Recall@1 86.4, 89.7, 90.3, 90.7, 89.4 (Caffe: 88.06)
+and Recall@8 97.1-98.7 (Caffe: 98.77).
 The exactness of the port is checked instead by replaying the recorded run's initial weights and
 batches (tests/test_train_digits.py).
 """
