@@ -3,8 +3,8 @@
 Replaying Caffe's own initial weights and batches (input 16x - 128, see recipes/digits.py), a port
 whose every layer rounds like Caffe follows Caffe's run closely: measured: loss within 1e-6 relative
 over steps 1-20, sampled params within 6e-7 of each blob's max after steps 1, 2, 5, 20, and after
-all 300 steps params within 1.1e-6 and Recall@K exactly Caffe's. Held: 1e-5 over 20 steps (default
-run), 1e-4 for the full replay (slow). The run is chaotic (README: a 1e-7 change of the initial
+all 300 steps params within 1.1e-6 and Recall@K exactly Caffe's. Held: 1e-5 over 20 steps, 1e-4 for
+the full replay. The run is chaotic (README: a 1e-7 change of the initial
 weights moves the loss 3e-4 by step 50): a single layer rounding differently from Caffe -- e.g.
 Scale computing x*g+b as one fused multiply-add where Caffe rounds x*g and then adds b, as commit
 82b3314 briefly did (fixed in a636360) -- showed up here as ~4e-6 at step 18, 3e-5 at step 20 and
@@ -66,7 +66,6 @@ def test_first_twenty_steps_replay_caffe(oracle):
     _replay(oracle, 20, 1e-5)
 
 
-@pytest.mark.slow
 def test_whole_run_replays_caffe_to_the_same_recall(oracle, tmp_path):
     root, run, rec = oracle
     solver = _replay(oracle, 300, 1e-4)
@@ -99,7 +98,6 @@ def test_demo_writes_a_complete_run_folder(tmp_path):
     assert "Recall@1" in digits.report(results)
 
 
-@pytest.mark.slow
 def test_full_demo_recall_is_statistically_close_to_caffe(tmp_path):
     """300 iterations, our init and batches: within 5 points of real Caffe's Recall@1,2,4,8."""
     torch.set_num_threads(1)
