@@ -3,8 +3,8 @@ the Caffe algorithm vs pytorch-metric-learning's RankedListLoss (if importable).
 
     .venv/bin/python bench/bench_losses.py [--quick] [--loop-budget SECONDS] [--no-memory]
 
-All runs use one thread (torch.set_num_threads(1)); times are the best of several repeats (the
-machine is shared: the best run is the least disturbed one).
+All runs use one thread (torch.set_num_threads(1)); ours and pml run interleaved, and each time is
+the best of several repeats (the machine is shared: the best run is the least disturbed one).
 The literal loop (Python over the P = N(N-1)/2 pairs, numpy float32 per pair, as Caffe's .cpp) is
 measured where it fits the time budget and extrapolated linearly in P beyond it (marked "~").
 "ours" includes the RLL fork's L2 Normalization (forward and backward), as does pml (its
