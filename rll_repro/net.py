@@ -648,7 +648,10 @@ class Net(nn.Module):
             raise NetError("backward needs a forward run with gradients enabled (not under torch.no_grad)")
         roots, grads = [], []
         seeded = set()
+        top_diffs = top_diffs or {}
         for name, weight, t in self._loss_tops:
+            if name in top_diffs:  # an explicit diff replaces the loss_weight seed (pycaffe)
+                continue
             if t.requires_grad:
                 roots.append(t)
                 grads.append(torch.full_like(t, weight))
@@ -680,7 +683,8 @@ class Net(nn.Module):
                 diffs[name] = g if g.shape == shape else g.reshape(shape)
         self._grads = {}
         for name, weight, t in self._loss_tops:
-            diffs[name] = torch.full(t.shape, weight, dtype=torch.float32)
+            if name not in top_diffs:
+                diffs[name] = torch.full(t.shape, weight, dtype=torch.float32)
         for name, value in (top_diffs or {}).items():
             diffs.setdefault(name, self._diff[name])
         self._diff = diffs
