@@ -14,6 +14,14 @@ One step, as Caffe does it (float32 throughout, Caffe's order of operations):
 5. Net::Update: w -= diff. Then the RLL fork's annealing of the net's last layer (SPEC rll §3.2),
    then iter += 1.
 
+Caffe's cblas_saxpy (y += a*x, in Regularize and in every axpby) is one fused multiply-add per
+element on OpenBLAS's AVX2 kernels; torch's ``add_(x, alpha=a)`` is too, and the update rules are
+bitwise equal to a float32 transcription of Caffe's CPU code (tests/test_solver_update_rules.py).
+Params with equal (decay_mult, lr_mult) are updated together with ``torch._foreach_*`` ops (the same
+per-tensor kernels, without the Python overhead per blob). ``test_net``/``test_iter``/
+``test_interval`` run Caffe's TestAll on TEST-phase nets sharing the train weights, fed by
+``solver.test_batches``.
+
 BatchNorm blobs in the RLL fork are ordinary params (SPEC rll §2.2): their diff is 0, so each step
 applies weight decay and momentum to them; nothing here special-cases them.
 
@@ -93,10 +101,6 @@ class Solver:
 
     def __init__(self, param, net=None, *, check_finite: bool = True, log=None):
         self.param, self._base_dir = _read_solver_param(param)
-        if isinstance(param, (str, os.PathLike)):
-            self.source = str(param)
-        else:
-            self.source = None
         self.check_finite = check_finite
         self.log = log  # a trainlog.GlogWriter or None
         self.iter = 0
@@ -654,14 +658,13 @@ SOLVERS = {cls.type_name: cls for cls in
 
 def get_solver(solver_prototxt, net=None, **kwargs) -> Solver:
     """pycaffe's ``caffe.get_solver``: the solver class named by the prototxt's ``type``."""
-    param, base = _read_solver_param(solver_prototxt)
+    param, _ = _read_solver_param(solver_prototxt)
     name = solver_type_of(param)
     cls = SOLVERS.get(name)
     if cls is None:
         raise TrainingError(f"solver: unknown type {name!r} (expected one of {', '.join(SOLVERS)})")
-    del base
     return cls(solver_prototxt, net, **kwargs)
 
 
 __all__ = ["Solver", "SGDSolver", "NesterovSolver", "AdaGradSolver", "RMSPropSolver", "AdaDeltaSolver",
-           "AdamSolver", "get_solver", "RLLReproError"]
+           "AdamSolver", "get_solver"]
