@@ -27,12 +27,7 @@ shift || true
 case "$cmd" in
     demo)
         setup
-        if "$VENV/bin/rll-repro" reproduce --help >/dev/null 2>&1; then
-            exec "$VENV/bin/rll-repro" reproduce digits "$@"
-        fi
-        # Until the reproduce verb exists: show what the shipped RLL SOP train net holds.
-        echo "(rll-repro reproduce is not available yet; inspecting prototxt/rll/sop/train.prototxt)" >&2
-        exec "$VENV/bin/rll-repro" inspect prototxt/rll/sop/train.prototxt
+        exec "$VENV/bin/rll-repro" reproduce digits "$@"
         ;;
     test)
         setup
