@@ -227,10 +227,15 @@ def knn(query: np.ndarray, k: int, gallery: np.ndarray | None = None, *, exclude
                 i[t] = order
                 v[t] = np.take_along_axis(full, order, axis=1)
         v, i = v[:, :k], i[:, :k]
-        # (value desc, index asc) inside the top k
-        order = _lex_desc(v, i)
-        out_v[start:stop] = np.take_along_axis(v, order, axis=1)
-        out_i[start:stop] = np.take_along_axis(i, order, axis=1)
+        # (value desc, index asc) inside the top k: topk already sorts by value; only rows with
+        # equal neighbours need their indices put in order
+        tie_rows = np.flatnonzero((v[:, 1:] == v[:, :-1]).any(axis=1)) if k > 1 else np.empty(0, np.int64)
+        if tie_rows.size:
+            order = _lex_desc(v[tie_rows], i[tie_rows])
+            v[tie_rows] = np.take_along_axis(v[tie_rows], order, axis=1)
+            i[tie_rows] = np.take_along_axis(i[tie_rows], order, axis=1)
+        out_v[start:stop] = v
+        out_i[start:stop] = i
     return out_v, out_i
 
 
