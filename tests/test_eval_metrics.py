@@ -230,3 +230,9 @@ def test_lpw_probe_gallery_split_and_cmc():
 def test_tracklet_features_are_unnormalised_means():
     frames = np.array([[1, 0], [3, 0], [0, 2]], dtype=np.float32)
     assert metrics.tracklet_features(frames, [0, 0, 1]).tolist() == [[2, 0], [0, 2]]
+
+
+def test_market_query_without_multi_query_images_is_an_error():
+    q, qid, qcam, g, gid, gcam = _market_case()
+    with pytest.raises(DataError, match="query 1 has no multi-query"):
+        metrics.market1501(q, qid, qcam, g, gid, gcam, multi_query=[q[:1], np.zeros((0, 2), np.float32)])

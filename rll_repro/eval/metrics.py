@@ -169,6 +169,8 @@ def market1501(query, query_ids, query_cams, gallery, gallery_ids, gallery_cams,
     pooled_max, pooled_avg = [], []
     for k, feats in enumerate(multi_query):
         f = l2_normalize(np.asarray(feats).reshape(-1, q.shape[1]), f"multi-query features of query {k}")
+        if f.shape[0] == 0:
+            raise DataError(f"market1501: query {k} has no multi-query (gt_query) images")
         pooled_max.append(f.max(axis=0))
         pooled_avg.append(f.mean(axis=0, dtype=np.float32))
     q_max = l2_normalize(np.stack(pooled_max), "max-pooled queries")
