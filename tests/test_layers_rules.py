@@ -501,3 +501,22 @@ def test_scale_rounds_the_product_before_adding_the_bias():
     out = net.forward(a=x)["s"]
     expected = (x * gamma[:, None, None]).astype(np.float32) + beta[:, None, None]
     np.testing.assert_array_equal(out, expected)
+
+
+@pytest.mark.parametrize("shape", [(4, 3, 5, 5), (6, 7)])
+def test_scale_backward_is_dy_times_gamma_and_the_sums_for_gamma_and_beta(shape):
+    r = rng(10)
+    x = r.standard_normal(shape).astype(np.float32)
+    g = r.standard_normal(shape).astype(np.float32)
+    gamma, beta = r.standard_normal((2, shape[1])).astype(np.float32)
+    net = make_net("force_backward: true\n" + input_layer("a", *shape) + (
+        'layer { name: "sc" type: "Scale" bottom: "a" top: "s" scale_param { bias_term: true } }'))
+    net.params["sc"][0].data[...] = gamma
+    net.params["sc"][1].data[...] = beta
+    net.forward(a=x)
+    diff = net.backward(s=g)["a"]
+    view = (-1,) + (1,) * (len(shape) - 2)
+    np.testing.assert_array_equal(diff, g * gamma.reshape(view))  # Caffe's caffe_mul, bit for bit
+    axes = tuple(i for i in range(len(shape)) if i != 1)
+    np.testing.assert_allclose(net.params["sc"][0].diff, (g.astype(np.float64) * x).sum(axes), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(net.params["sc"][1].diff, g.astype(np.float64).sum(axes), rtol=1e-5, atol=1e-6)
