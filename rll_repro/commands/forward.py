@@ -28,6 +28,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--phase", choices=("train", "test"), default="test", help="net phase (default test)")
     parser.add_argument("--backward", action="store_true", help="also run backward and save the diffs")
     parser.add_argument("--seed", type=int, default=None, help="seed for the fillers of layers absent from --weights")
+    parser.add_argument("--dialect", choices=("rll", "osm", "bvlc"), default=None,
+                        help="fork arithmetic (default: osm if the net uses an OSM+CAA-only layer, else rll)")
     parser.add_argument("--out", required=True, help="output .npz")
 
 
@@ -40,7 +42,7 @@ def run(args) -> int:
     from rll_repro.fileio import atomic_write_bytes
     from rll_repro.net import Net
 
-    net = Net(args.net, weights=args.weights, phase=args.phase, seed=args.seed)
+    net = Net(args.net, weights=args.weights, phase=args.phase, seed=args.seed, dialect=args.dialect)
     try:
         archive = np.load(args.inputs)
     except (OSError, ValueError) as exc:
