@@ -42,6 +42,7 @@ from rll_repro.layers.base import DIALECTS, OSM_ONLY_TYPES, BuildContext, Dialec
 from rll_repro.layers.registry import layer_class
 
 PHASES = {"train": 0, "test": 1}
+TRAIN, TEST = 0, 1  # pycaffe's caffe.TRAIN / caffe.TEST: Net(proto, weights, TEST) works as in pycaffe
 
 
 # ----------------------------------------------------------------------------------------------
@@ -272,6 +273,10 @@ class Net(nn.Module):
         seed: int | None = None,
     ):
         super().__init__()
+        if isinstance(weights, int) and not isinstance(weights, bool):  # pycaffe's Net(proto, phase)
+            weights, phase = None, weights
+        if isinstance(phase, int) and not isinstance(phase, bool):
+            phase = {TRAIN: "train", TEST: "test"}.get(phase, phase)
         phase = str(phase).lower()
         if phase not in PHASES:
             raise NetError(f"phase must be 'train' or 'test', got {phase!r}")

@@ -386,3 +386,13 @@ def test_a_pass_through_top_gets_its_own_diff():
     diffs = net.backward(diffs=["d"], d=np.ones((1, 2), np.float32), s=np.ones((1, 2), np.float32))
     np.testing.assert_array_equal(diffs["d"], 1.0)
     np.testing.assert_array_equal(diffs["a"], 4.0)
+
+
+def test_pycaffe_phase_constants_and_two_argument_form():
+    from rll_repro.net import TEST, TRAIN
+
+    net_param = parse_net_text(PHASED)
+    assert Net(net_param, TEST).phase == "test"
+    assert Net(net_param, None, TRAIN).phase == "train"
+    with pytest.raises(NetError, match="phase must be"):
+        Net(net_param, phase="validate")
