@@ -131,7 +131,8 @@ def legacy_input_layer(net_param):
 
 
 def pick_dialect(layer_params, override: str | Dialect | None = None) -> Dialect:
-    """The fork whose arithmetic applies: explicit, else "osm" if an OSM-only type is used, else "rll"."""
+    """The fork whose arithmetic applies: explicit, else "osm" if an OSM-only type (or the OSM fork's
+    L1 Normalization) is used, else "rll"."""
     if isinstance(override, Dialect):
         return override
     if override is not None:
@@ -139,6 +140,9 @@ def pick_dialect(layer_params, override: str | Dialect | None = None) -> Dialect
             raise NetError(f"unknown dialect {override!r}; known: {', '.join(sorted(DIALECTS))}")
         return DIALECTS[override]
     if any(lp.type in OSM_ONLY_TYPES for lp in layer_params):
+        return DIALECTS["osm"]
+    # Normalization L1 only works in the OSM fork (the RLL fork's L1 branch is buggy and unused).
+    if any(lp.type == "Normalization" and lp.normalization_param.norm == 1 for lp in layer_params):
         return DIALECTS["osm"]
     return DIALECTS["rll"]
 

@@ -396,3 +396,8 @@ def test_pycaffe_phase_constants_and_two_argument_form():
     assert Net(net_param, None, TRAIN).phase == "train"
     with pytest.raises(NetError, match="phase must be"):
         Net(net_param, phase="validate")
+
+
+def test_l1_normalization_picks_the_osm_dialect():
+    text = input_layer("x", 3, 1, 1, 1) + 'layer { name: "n" type: "Normalization" bottom: "x" top: "y" normalization_param { norm: L1 } }'
+    assert make_net(text).dialect.name == "osm"
