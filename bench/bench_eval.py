@@ -32,7 +32,7 @@ rng = np.random.default_rng(0)
 n, d = {n}, {dim}
 labels = np.repeat(np.arange((n + 4) // 5), 5)[:n]          # SOP-like: ~5 images per class
 centers = rng.standard_normal(((n + 4) // 5, d), dtype=np.float32)
-X = centers[labels] + 1.5 * rng.standard_normal((n, d), dtype=np.float32)
+X = centers[labels] + 2.15 * rng.standard_normal((n, d), dtype=np.float32)  # Recall@1 ~ 80 %, like SOP
 X /= np.sqrt((X * X).sum(1, keepdims=True))
 from rll_repro.eval.metrics import recall_at_k
 from rll_repro.eval.knn import knn

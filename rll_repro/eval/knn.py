@@ -131,6 +131,7 @@ def first_hit_ranks(query: np.ndarray, q_labels, gallery: np.ndarray | None = No
     block_rows = max(1, min(block_rows, nq))
     sim = torch.empty(block_rows, ng, dtype=torch.float32)
     mask = np.empty((block_rows, ng), dtype=np.bool_)
+    chunk = np.empty((max(1, min(256, block_rows // 4)), ng), dtype=np.float32)
     cols = np.arange(ng)
     for start in range(0, nq, block_rows):
         stop = min(start + block_rows, nq)
@@ -153,13 +154,22 @@ def first_hit_ranks(query: np.ndarray, q_labels, gallery: np.ndarray | None = No
         # index among them); otherwise count the strictly greater items, then ties of lower index
         need = np.flatnonzero(has & (at_or_above > n_tied))
         if need.size:
-            sub = sn[need]
-            above = np.count_nonzero(sub > thr[need], axis=1)
+            if need.size > b // 2:  # most rows: one more full pass beats copying the rows out
+                np.greater(sn, thr, out=m)
+                above = m.view(np.uint8).sum(axis=1, dtype=np.int32)[need]
+            else:  # copy those rows out in chunks through one reused buffer (no fresh allocations)
+                above = np.empty(need.size, dtype=np.int32)
+                for c0 in range(0, need.size, chunk.shape[0]):
+                    idx = need[c0:c0 + chunk.shape[0]]
+                    rows_out = chunk[:idx.size]
+                    np.take(sn, idx, axis=0, out=rows_out)
+                    np.greater(rows_out, thr[idx], out=m[:idx.size])
+                    above[c0:c0 + idx.size] = m[:idx.size].view(np.uint8).sum(axis=1, dtype=np.int32)
             rank[need] = above
             tied = np.flatnonzero(at_or_above[need] - above > 1)
             if tied.size:
                 t = need[tied]
-                eq = (sub[tied] == thr[t]) & (cols[None, :] < p[t, None])
+                eq = (sn[t] == thr[t]) & (cols[None, :] < p[t, None])
                 rank[t] += eq.sum(axis=1)
         if exclude_self:
             # self sits last (position ng-1) and is same-class: the first hit is never later than that
