@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from conftest import FIXTURES
 from rll_repro import cli
@@ -22,7 +23,9 @@ def test_forward_backward_writes_blobs_diffs_params_and_losses_like_caffe(tmp_pa
         ref = z[key]
         # 1e-5 relative to the array's largest value: float32 sums in another order (see test_net_oracle_layers)
         assert np.abs(got[key] - ref).max() <= 1e-5 * np.abs(ref).max(), key
-    assert set(k for k in got.files if k.startswith("loss/")) == {"loss/loss"}
+    # loss/ holds the loss tops and the scalar net outputs (the Accuracy), as in the oracle files
+    assert set(k for k in got.files if k.startswith("loss/")) == {"loss/loss", "loss/acc"}
+    np.testing.assert_allclose(got["loss/acc"], z["loss/acc"])
     np.testing.assert_allclose(got["loss/loss"], z["loss/loss"], rtol=1e-6)
     np.testing.assert_array_equal(got["diff/loss"], 2.0)  # loss_weight 2 is the loss top's diff
 
@@ -47,3 +50,28 @@ def test_inspect_shapes_prints_every_blob_shape_after_an_input_reshape(tmp_path,
     out = capsys.readouterr().out
     lines = {line.split()[0]: line.split()[1] for line in out.split("blob shapes:")[1].strip().splitlines()[1:]}
     assert lines == {"data": "5x3x13x13", "c": "5x4x6x6", "p": "5x4x3x3"}
+
+
+@pytest.mark.parametrize("case", sorted(p.name for p in (FIXTURES / "layers").iterdir() if p.is_dir()))
+def test_forward_on_a_recorded_case_file_reproduces_every_recorded_array(case, tmp_path):
+    """The case.npz itself is a valid --inputs file (input/* and topdiff/* are read, the rest ignored)."""
+    folder = FIXTURES / "layers" / case
+    z = np.load(folder / "case.npz")
+    phase = "test" if "TEST" in (folder / "README.txt").read_text() else "train"
+    args = ["forward", str(folder / "net.prototxt"), "--weights", str(folder / "weights.caffemodel"),
+            "--inputs", str(folder / "case.npz"), "--phase", phase, "--out", str(tmp_path / "o.npz")]
+    if any(k.startswith("diff/") for k in z.files):
+        args.append("--backward")
+    if case.startswith("osm_caa"):
+        args += ["--dialect", "osm"]
+    assert cli.main(args) == 0
+    got = np.load(tmp_path / "o.npz")
+    compared = 0
+    for key in z.files:
+        if key.split("/")[0] in ("blob", "diff", "param", "paramdiff", "loss", "loss_fwd", "bnblobs_after_fwd") \
+                and "_split_" not in key:
+            ref = z[key].astype(np.float64)
+            scale = max(float(np.abs(ref).max()), 1e-30)
+            assert float(np.abs(got[key].reshape(ref.shape) - ref).max()) <= 1e-5 * scale, key
+            compared += 1
+    assert compared >= 4

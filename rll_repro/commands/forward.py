@@ -8,12 +8,14 @@ copy_from), feed the arrays of --inputs (keys = input blob names, e.g. data, lab
 prefix is accepted) and run Forward. With --backward, run Backward too: loss tops get their
 loss_weight as top diff (Caffe's rule); 'topdiff/<blob>' arrays in the inputs file seed other tops.
 
-The output .npz holds, as Caffe would after Forward/Backward:
-  blob/<name>            every blob's data
-  diff/<name>            every blob's diff             (with --backward)
-  param/<layer>/<i>      every learnable blob
-  paramdiff/<layer>/<i>  every learnable blob's diff   (with --backward)
-  loss/<top>             every loss top (after backward when --backward)
+The output .npz holds what Caffe holds around Forward/Backward (the ../shared/oracle case layout):
+  blob/<name>            every blob's data after Forward
+  diff/<name>            every blob's diff after Backward            (with --backward)
+  param/<layer>/<i>      every learnable blob as loaded, before Forward
+  bnblobs_after_fwd/<layer>/<i>  the same after Forward (BatchNorm's running sums move in TRAIN)
+  paramdiff/<layer>/<i>  every learnable blob's diff                 (with --backward)
+  loss_fwd/<top>         every loss top and scalar net output after Forward
+  loss/<top>             the same after Backward (the RLL loss writes its value in Backward)
 
 examples:
   rll-repro forward net.prototxt --weights net.caffemodel --inputs in.npz --out out.npz
@@ -58,20 +60,26 @@ def run(args) -> int:
     missing = [n for n in net.inputs if n not in inputs]
     if missing:
         raise DataError(f"{args.inputs}: no array for input blob(s) {', '.join(missing)} (has: {', '.join(archive.files)})")
+    out = {}
+    for layer, blobs in net.params.items():  # as loaded, before Forward (BatchNorm's sums change in it)
+        for i, blob in enumerate(blobs):
+            out[f"param/{layer}/{i}"] = np.array(blob.data)
     net.forward(**inputs)
+    for name, blob in net.blobs.items():  # as after Forward (the RLL loss top changes in Backward)
+        out[f"blob/{name}"] = np.array(blob.data)
+    scalar_tops = list(net.loss_tops) + [n for n in net.outputs if n not in net.loss_tops and not net.blobs[n].shape]
+    for name in scalar_tops:
+        out[f"loss_fwd/{name}"] = np.array(net.blobs[name].data)
     if args.backward:
         net.backward(**top_diffs)
-    out = {}
-    for name, blob in net.blobs.items():
-        out[f"blob/{name}"] = np.array(blob.data)
-        if args.backward:
+        for name, blob in net.blobs.items():
             out[f"diff/{name}"] = np.array(blob.diff)
     for layer, blobs in net.params.items():
         for i, blob in enumerate(blobs):
-            out[f"param/{layer}/{i}"] = np.array(blob.data)
+            out[f"bnblobs_after_fwd/{layer}/{i}"] = np.array(blob.data)
             if args.backward:
                 out[f"paramdiff/{layer}/{i}"] = np.array(blob.diff)
-    for name in net.loss_tops:
+    for name in scalar_tops:
         out[f"loss/{name}"] = np.array(net.blobs[name].data)
     buffer = io.BytesIO()
     np.savez(buffer, **out)
