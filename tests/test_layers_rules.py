@@ -520,3 +520,81 @@ def test_scale_backward_is_dy_times_gamma_and_the_sums_for_gamma_and_beta(shape)
     axes = tuple(i for i in range(len(shape)) if i != 1)
     np.testing.assert_allclose(net.params["sc"][0].diff, (g.astype(np.float64) * x).sum(axes), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(net.params["sc"][1].diff, g.astype(np.float64).sum(axes), rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# less common standard layers
+
+
+@pytest.mark.parametrize(
+    "layer,param,fn",
+    [
+        ("ELU", "elu_param { alpha: 0.5 }", lambda x: np.where(x > 0, x, 0.5 * (np.exp(x) - 1))),
+        ("BNLL", "", lambda x: np.where(x > 0, x + np.log1p(np.exp(-x)), np.log1p(np.exp(x)))),
+        ("Exp", "exp_param { base: 2 scale: 0.5 shift: 1 }", lambda x: 2.0 ** (1 + 0.5 * x)),
+        ("Log", "log_param { base: 10 scale: 2 shift: 5 }", lambda x: np.log10(5 + 2 * x)),
+        ("Threshold", "threshold_param { threshold: 0.3 }", lambda x: (x > 0.3).astype(np.float64)),
+        ("Power", "power_param { power: 2 scale: 0.5 shift: 1 }", lambda x: (1 + 0.5 * x) ** 2),
+        ("AbsVal", "", np.abs),
+        ("TanH", "", np.tanh),
+        ("Sigmoid", "", lambda x: 1 / (1 + np.exp(-x))),
+    ],
+)
+def test_neuron_layer_formulas(layer, param, fn):
+    x = rng(11).uniform(-2, 2, (3, 4)).astype(np.float32)
+    net = make_net(input_layer("a", 3, 4) + f'layer {{ name: "n" type: "{layer}" bottom: "a" top: "y" {param} }}')
+    np.testing.assert_allclose(net.forward(a=x)["y"], fn(x.astype(np.float64)), rtol=2e-6, atol=1e-6)
+
+
+def test_prelu_slopes_per_channel_and_their_gradient():
+    x = np.array([[[-2.0, 3.0]], [[0.0, -1.0]]], np.float32).transpose(1, 0, 2)  # (1, 2, 2)
+    net = make_net("force_backward: true\n" + input_layer("a", 1, 2, 2) + 'layer { name: "p" type: "PReLU" bottom: "a" top: "y" }')
+    np.testing.assert_array_equal(net.params["p"][0].data, [0.25, 0.25])
+    net.params["p"][0].data[...] = [0.1, 0.5]
+    y = net.forward(a=x)["y"]
+    np.testing.assert_allclose(y, [[[-0.2, 3.0], [0.0, -0.5]]], rtol=1e-6)
+    diffs = net.backward(y=np.ones((1, 2, 2), np.float32))
+    np.testing.assert_allclose(diffs["a"], [[[0.1, 1.0], [0.5, 0.5]]], rtol=1e-6)  # slope at x = 0 too
+    np.testing.assert_allclose(net.params["p"][0].diff, [-2.0, -1.0], rtol=1e-6)
+
+
+def test_euclidean_loss_value_and_gradients():
+    a, b = rng(12).standard_normal((2, 3, 4)).astype(np.float32)
+    net = make_net("force_backward: true\n" + input_layer("a", 3, 4) + input_layer("b", 3, 4)
+                   + 'layer { name: "l" type: "EuclideanLoss" bottom: "a" bottom: "b" top: "l" }')
+    net.forward(a=a, b=b)
+    np.testing.assert_allclose(net.blobs["l"].data, ((a - b) ** 2).sum() / 3 / 2, rtol=1e-6)
+    diffs = net.backward()
+    np.testing.assert_allclose(diffs["a"], (a - b) / 3, rtol=1e-5)
+    np.testing.assert_allclose(diffs["b"], -(a - b) / 3, rtol=1e-5)
+
+
+def test_reduction_operations_from_axis():
+    x = rng(13).standard_normal((2, 3, 4)).astype(np.float32)
+    for op, fn in [("SUM", np.sum), ("ASUM", lambda v, axis: np.abs(v).sum(axis)),
+                   ("SUMSQ", lambda v, axis: (v * v).sum(axis)), ("MEAN", np.mean)]:
+        net = make_net(input_layer("a", 2, 3, 4) + f'layer {{ name: "r" type: "Reduction" bottom: "a" top: "r" reduction_param {{ operation: {op} axis: 1 coeff: 2 }} }}')
+        np.testing.assert_allclose(net.forward(a=x)["r"], 2 * fn(x.astype(np.float64), axis=(1, 2)), rtol=1e-6)
+
+
+def test_tile_repeats_the_block_from_axis():
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    net = make_net(input_layer("a", 2, 3) + 'layer { name: "t" type: "Tile" bottom: "a" top: "t" tile_param { axis: 1 tiles: 2 } }')
+    np.testing.assert_array_equal(net.forward(a=x)["t"], np.tile(x, (1, 2)))
+
+
+def test_deconvolution_is_the_transposed_convolution_with_caffe_output_size():
+    x = rng(14).standard_normal((1, 2, 3, 3)).astype(np.float32)
+    net = make_net(input_layer("a", 1, 2, 3, 3) + (
+        'layer { name: "d" type: "Deconvolution" bottom: "a" top: "d" '
+        'convolution_param { num_output: 1 kernel_size: 3 stride: 2 pad: 1 bias_term: false weight_filler { type: "gaussian" } } }'))
+    w = net.params["d"][0].data
+    assert w.shape == (2, 1, 3, 3)
+    out = net.forward(a=x)["d"]
+    assert out.shape == (1, 1, 5, 5)  # 2·(3−1) + 3 − 2·1
+    full = np.zeros((7, 7))
+    for c in range(2):
+        for i in range(3):
+            for j in range(3):
+                full[2 * i:2 * i + 3, 2 * j:2 * j + 3] += x[0, c, i, j] * w[c, 0]
+    np.testing.assert_allclose(out[0, 0], full[1:6, 1:6], rtol=1e-5, atol=1e-6)

@@ -77,3 +77,43 @@ class Convolution(Layer):
         return tuple(
             F.conv2d(x, weight, bias, self.stride, self.pad, self.dilation, self.group) for x in bottoms
         )
+
+
+@register
+class Deconvolution(Convolution):
+    """Deconvolution (Caffe's DeconvolutionLayer): the transposed convolution.
+
+    Weight shape (C_in, num_output/group, kh, kw); output size stride·(H − 1) + dilation·(k − 1) + 1 − 2·pad.
+    """
+
+    type_names = ("Deconvolution",)
+
+    def __init__(self, param, bottom_shapes, ctx):
+        super().__init__(param, bottom_shapes, ctx)
+        # Caffe's deconvolution weight is (channels, num_output / group, kh, kw)
+        p = param.convolution_param
+        wshape = (self.channels, self.num_output // self.group, *self.kernel)
+        where = f"layer {param.name!r}"
+        self.blobs[0] = nn.Parameter(fill(p.weight_filler if has(p, "weight_filler") else None, wshape, ctx.generator, where))
+
+    def reshape(self, bottom_shapes):
+        tops = []
+        for shape in bottom_shapes:
+            if len(shape) != 4 or shape[1] != self.channels:
+                raise fail(self.param, f"bottom shape {shape} does not match the layer's {self.channels} input channels")
+            out = [shape[0], self.num_output]
+            for i in range(2):
+                extent = self.dilation[i] * (self.kernel[i] - 1) + 1
+                size = self.stride[i] * (shape[2 + i] - 1) + extent - 2 * self.pad[i]
+                if size <= 0:
+                    raise fail(self.param, f"output size {size} is not positive")
+                out.append(size)
+            tops.append(tuple(out))
+        return tops
+
+    def forward(self, *bottoms):
+        weight = self.blobs[0]
+        bias = self.blobs[1] if self.bias_term else None
+        return tuple(
+            F.conv_transpose2d(x, weight, bias, self.stride, self.pad, 0, self.group, self.dilation) for x in bottoms
+        )

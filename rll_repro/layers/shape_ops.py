@@ -207,3 +207,35 @@ class Silence(Layer):
 
     def forward(self, *bottoms):
         return ()
+
+
+@register
+class Tile(Layer):
+    """Tile: the bottom repeated ``tiles`` times along ``axis`` (Caffe's TileLayer); gradients add up."""
+
+    type_names = ("Tile",)
+
+    def __init__(self, param, bottom_shapes, ctx):
+        super().__init__(param, bottom_shapes, ctx)
+        check_bottoms(param, bottom_shapes, 1)
+        check_tops(param, 1)
+        p = param.tile_param
+        self.tiles = int(p.tiles)
+        if self.tiles <= 0:
+            raise fail(param, f"tiles must be positive, got {self.tiles}")
+        self.axis_field = int(p.axis)
+        self.reshape(bottom_shapes)
+
+    def reshape(self, bottom_shapes):
+        shape = list(bottom_shapes[0])
+        self.axis = canonical_axis(self.param, self.axis_field, len(shape))
+        shape[self.axis] *= self.tiles
+        return [tuple(shape)]
+
+    def forward(self, x):
+        # Caffe copies the whole block [axis:] `tiles` times for every outer index
+        outer = x.shape[: self.axis]
+        block = x.reshape(*outer, 1, -1).expand(*outer, self.tiles, -1)
+        shape = list(x.shape)
+        shape[self.axis] *= self.tiles
+        return (block.reshape(shape),)
