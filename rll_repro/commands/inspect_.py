@@ -25,6 +25,7 @@ examples:
   rll-repro inspect prototxt/rll/sop/train.prototxt
   rll-repro inspect prototxt/rll/sop/solver.prototxt --json
   rll-repro inspect snapshot_iter_1000.solverstate
+  rll-repro inspect train.prototxt --shapes --input-shape data=32,3,227,227   every blob's shape
 """
 
 
