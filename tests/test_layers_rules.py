@@ -598,3 +598,28 @@ def test_deconvolution_is_the_transposed_convolution_with_caffe_output_size():
             for j in range(3):
                 full[2 * i:2 * i + 3, 2 * j:2 * j + 3] += x[0, c, i, j] * w[c, 0]
     np.testing.assert_allclose(out[0, 0], full[1:6, 1:6], rtol=1e-5, atol=1e-6)
+
+
+def test_argmax_breaks_ties_toward_the_larger_index():
+    x = np.array([[1.0, 3.0, 3.0, 0.5]], np.float32)
+    net = make_net(input_layer("a", 1, 4) + 'layer { name: "m" type: "ArgMax" bottom: "a" top: "m" argmax_param { top_k: 3 out_max_val: true } }')
+    np.testing.assert_array_equal(net.forward(a=x)["m"], [[[2, 1, 0], [3, 3, 1]]])
+
+
+def test_crop_takes_the_reference_shape_from_the_offsets():
+    x = np.arange(2 * 5 * 6, dtype=np.float32).reshape(1, 2, 5, 6)
+    text = "force_backward: true\n" + input_layer("a", 1, 2, 5, 6) + input_layer("r", 1, 2, 3, 3) + (
+        'layer { name: "c" type: "Crop" bottom: "a" bottom: "r" top: "c" crop_param { axis: 2 offset: 1 offset: 2 } }')
+    net = make_net(text)
+    np.testing.assert_array_equal(net.forward(a=x, r=np.zeros((1, 2, 3, 3), np.float32))["c"], x[:, :, 1:4, 2:5])
+    diff = net.backward(c=np.ones((1, 2, 3, 3), np.float32))["a"]
+    assert diff.sum() == 18 and diff[0, 0, 1, 2] == 1 and diff[0, 0, 0, 0] == 0
+
+
+def test_mvn_adds_eps_to_the_standard_deviation():
+    x = rng(15).standard_normal((2, 3, 4, 4)).astype(np.float32)
+    net = make_net(input_layer("a", 2, 3, 4, 4) + 'layer { name: "m" type: "MVN" bottom: "a" top: "m" mvn_param { eps: 0.5 } }')
+    x64 = x.astype(np.float64)
+    mean = x64.mean(axis=(2, 3), keepdims=True)
+    std = np.sqrt((x64**2).mean(axis=(2, 3), keepdims=True) - mean**2)
+    np.testing.assert_allclose(net.forward(a=x)["m"], (x64 - mean) / (std + 0.5), rtol=1e-5, atol=1e-6)
