@@ -11,6 +11,7 @@ import pkgutil
 from rll_repro.errors import NetError
 
 _REGISTRY: dict[str, type] = {}
+_BROKEN: dict[str, str] = {}  # module name -> why it could not be imported
 _loaded = False
 
 
@@ -31,7 +32,10 @@ def _load_all() -> None:
 
     for info in pkgutil.iter_modules(package.__path__):
         if info.name not in ("base", "registry"):
-            importlib.import_module(f"rll_repro.layers.{info.name}")
+            try:
+                importlib.import_module(f"rll_repro.layers.{info.name}")
+            except Exception as exc:  # one broken module must not take every other layer type down
+                _BROKEN[info.name] = f"{type(exc).__name__}: {exc}"
     _loaded = True
 
 
@@ -46,7 +50,9 @@ def layer_class(type_name: str, layer_name: str = "?"):
     try:
         return _REGISTRY[type_name]
     except KeyError:
+        broken = "".join(f"; module layers/{name}.py failed to import ({why})" for name, why in _BROKEN.items())
         raise NetError(
             f"layer {layer_name!r}: unknown layer type {type_name!r}; supported types: "
             + ", ".join(supported_types())
+            + broken
         ) from None
