@@ -35,7 +35,7 @@ def _load_all() -> None:
             try:
                 importlib.import_module(f"rll_repro.layers.{info.name}")
             except Exception as exc:  # one broken module must not take every other layer type down
-                _BROKEN[info.name] = f"{type(exc).__name__}: {exc}"
+                _BROKEN[info.name] = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
     _loaded = True
 
 
