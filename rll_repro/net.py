@@ -809,6 +809,16 @@ class Net(nn.Module):
     # -- conveniences ---------------------------------------------------------------------------
 
     @property
+    def top_names(self) -> "OrderedDict[str, list[str]]":
+        """pycaffe's Net.top_names: layer name -> its top blob names."""
+        return OrderedDict((n, list(step.tops)) for n, step in zip(self.layer_names, self._steps))
+
+    @property
+    def bottom_names(self) -> "OrderedDict[str, list[str]]":
+        """pycaffe's Net.bottom_names: layer name -> its bottom blob names."""
+        return OrderedDict((n, list(step.bottoms)) for n, step in zip(self.layer_names, self._steps))
+
+    @property
     def blob_shapes(self) -> "OrderedDict[str, tuple]":
         return OrderedDict(self._blob_shapes)
 

@@ -401,3 +401,9 @@ def test_pycaffe_phase_constants_and_two_argument_form():
 def test_l1_normalization_picks_the_osm_dialect():
     text = input_layer("x", 3, 1, 1, 1) + 'layer { name: "n" type: "Normalization" bottom: "x" top: "y" normalization_param { norm: L1 } }'
     assert make_net(text).dialect.name == "osm"
+
+
+def test_top_and_bottom_names_per_layer():
+    net = make_net(PHASED, "train")
+    assert net.top_names["tr"] == ["t"] and net.bottom_names["tr"] == ["a"]
+    assert list(net.top_names) == net.layer_names
