@@ -81,3 +81,16 @@ def test_large_classes_take_the_dense_path_with_the_same_ranks(monkeypatch):
     order, _ = _reference_order(x)
     expected = (labels[order] == labels[:, None]).argmax(axis=1)
     assert sparse.tolist() == dense.tolist() == expected.tolist()
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_first_hit_ranks_do_not_depend_on_worker_threads(threads):
+    x, labels = _tied_features(n=260, seed=4)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = first_hit_ranks(x, labels, block_rows=40)
+    finally:
+        torch.set_num_threads(before)
+    order, _ = _reference_order(x)
+    assert got.tolist() == (labels[order] == labels[:, None]).argmax(axis=1).tolist()

@@ -15,6 +15,8 @@ processed in blocks of ``block_rows`` (one ``block_rows x n`` float32 buffer, re
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 from rll_repro.errors import DataError
@@ -131,7 +133,23 @@ def first_hit_ranks(query: np.ndarray, q_labels, gallery: np.ndarray | None = No
     block_rows = max(1, min(block_rows, nq))
     sim = torch.empty(block_rows, ng, dtype=torch.float32)
     mask = np.empty((block_rows, ng), dtype=np.bool_)
-    chunk = np.empty((max(1, min(256, block_rows // 4)), ng), dtype=np.float32)
+    workers = max(1, min(torch.get_num_threads(), 8))
+    chunks = [np.empty((max(1, min(128, block_rows // 8)), ng), dtype=np.float32) for _ in range(workers)]
+    pool = ThreadPoolExecutor(workers) if workers > 1 else None
+    try:
+        _rank_blocks(Qt, Gt, ranks, sim, mask, chunks, pool, workers, positives, ql, gl, exclude_self,
+                     block_rows, progress)
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    return ranks
+
+
+def _rank_blocks(Qt, Gt, ranks, sim, mask, chunks, pool, workers, positives, ql, gl, exclude_self,
+                 block_rows, progress) -> None:
+    """The block loop of :func:`first_hit_ranks`; writes ``ranks`` in place."""
+    torch = _torch()
+    nq, ng = Qt.shape[0], Gt.shape[0]
     cols = np.arange(ng)
     for start in range(0, nq, block_rows):
         stop = min(start + block_rows, nq)
@@ -147,24 +165,16 @@ def first_hit_ranks(query: np.ndarray, q_labels, gallery: np.ndarray | None = No
         has = np.isfinite(best)
         thr = np.where(has, best, np.inf).astype(np.float32)[:, None]
         m = mask[:b]
-        np.greater_equal(sn, thr, out=m)
-        at_or_above = m.view(np.uint8).sum(axis=1, dtype=np.int32)
+        at_or_above = _count_rows(pool, workers, np.greater_equal, sn, thr, m, np.arange(b), None)
         rank = np.zeros(b, dtype=np.int64)
         # only the best positive and positives tied with it at or above it: rank 0 (p is the lowest
         # index among them); otherwise count the strictly greater items, then ties of lower index
         need = np.flatnonzero(has & (at_or_above > n_tied))
         if need.size:
             if need.size > b // 2:  # most rows: one more full pass beats copying the rows out
-                np.greater(sn, thr, out=m)
-                above = m.view(np.uint8).sum(axis=1, dtype=np.int32)[need]
-            else:  # copy those rows out in chunks through one reused buffer (no fresh allocations)
-                above = np.empty(need.size, dtype=np.int32)
-                for c0 in range(0, need.size, chunk.shape[0]):
-                    idx = need[c0:c0 + chunk.shape[0]]
-                    rows_out = chunk[:idx.size]
-                    np.take(sn, idx, axis=0, out=rows_out)
-                    np.greater(rows_out, thr[idx], out=m[:idx.size])
-                    above[c0:c0 + idx.size] = m[:idx.size].view(np.uint8).sum(axis=1, dtype=np.int32)
+                above = _count_rows(pool, workers, np.greater, sn, thr, m, np.arange(b), None)[need]
+            else:  # copy those rows out in chunks through reused buffers (no fresh allocations)
+                above = _count_rows(pool, workers, np.greater, sn, thr, m, need, chunks)
             rank[need] = above
             tied = np.flatnonzero(at_or_above[need] - above > 1)
             if tied.size:
@@ -179,7 +189,38 @@ def first_hit_ranks(query: np.ndarray, q_labels, gallery: np.ndarray | None = No
         ranks[start:stop] = rank
         if progress is not None:
             progress.update(b)
-    return ranks
+
+
+def _count_rows(pool, workers, compare, sn, thr, mask, rows, chunks) -> np.ndarray:
+    """Per listed row of ``sn``: how many entries ``compare`` (``np.greater[_equal]``) its threshold.
+
+    Rows are split over the worker threads (numpy releases the GIL); with ``chunks`` (one float
+    buffer per worker) the rows are first copied out, else ``rows`` must be ``arange(len(sn))``.
+    """
+    parts = workers if pool is not None else 1
+    bounds = np.linspace(0, rows.size, parts + 1).astype(np.int64)
+    out = np.empty(rows.size, dtype=np.int32)
+
+    def work(i: int) -> None:
+        lo, hi = int(bounds[i]), int(bounds[i + 1])
+        if chunks is None:
+            compare(sn[lo:hi], thr[lo:hi], out=mask[lo:hi])
+            out[lo:hi] = mask[lo:hi].view(np.uint8).sum(axis=1, dtype=np.int32)
+            return
+        buf = chunks[i]
+        for c0 in range(lo, hi, buf.shape[0]):
+            idx = rows[c0:min(c0 + buf.shape[0], hi)]
+            np.take(sn, idx, axis=0, out=buf[:idx.size])
+            m = mask[c0:c0 + idx.size]  # rows c0.. of the mask are free scratch here (disjoint per worker)
+            compare(buf[:idx.size], thr[idx], out=m)
+            out[c0:c0 + idx.size] = m.view(np.uint8).sum(axis=1, dtype=np.int32)
+
+    if pool is None or parts == 1:
+        for i in range(parts):
+            work(i)
+    else:
+        list(pool.map(work, range(parts)))
+    return out
 
 
 def recall_from_ranks(ranks: np.ndarray, ks, n_gallery: int) -> dict[str, float]:
