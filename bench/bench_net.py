@@ -40,7 +40,7 @@ def plain_source(net_param, fused_bn: bool = True) -> str:
 
     ``fused_bn``: BatchNorm+Scale as one nn.BatchNorm2d with affine weights (what one writes by hand;
     it rounds differently from Caffe), else Caffe's arithmetic: normalise, then x·γ, then + β."""
-    from rll_repro.net import filter_layers, legacy_input_layer
+    from rll_repro.net import filter_layers
 
     layers = filter_layers(net_param, 0, 0, [])
     init, body = [], []

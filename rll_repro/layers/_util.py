@@ -27,11 +27,6 @@ def canonical_axis(param, axis: int, num_axes: int, allow_end: bool = False) -> 
     return axis + num_axes if axis < 0 else axis
 
 
-def sub_param(param, field: str):
-    """``param.<field>`` (the default message when unset), tolerating schemas that lack the field."""
-    return getattr(param, field, None)
-
-
 def has(message, field: str) -> bool:
     """proto2 HasField that is False (not an exception) for fields the schema does not define."""
     try:
