@@ -19,8 +19,8 @@ Tolerances and why:
   Below them the gradient is not a continuous function of float32 rounding: a ReLU input within
   rounding distance of 0 switches its gradient on or off. Between a float32 and a float64 evaluation of
   this net 22 ReLU inputs switch sign, and each switch moves every gradient below it by ~1e-3
-  relative. Caffe's own float32 gradients differ from the float64 evaluation by up to 2.5e-3 (sumsq) and
-  2e-2 (single values) in the backbone; the port's differ from Caffe's by the same amount (2.5e-3 and
+  relative. Caffe's own float32 gradients differ from the float64 evaluation by up to 3.3e-3 (aggregates)
+  and 2.2e-2 (single values) in the backbone; the port's differ from Caffe's by as much (2.5e-3 and
   4e-2). The backbone is therefore held at 5e-3 (aggregates) and 1e-1 (single values); the slow test
   checks that the port is no further from Caffe than exact (float64) arithmetic is, up to a factor 3.
 """
