@@ -73,13 +73,33 @@ def _naive_ave_pool(x, k, s, p):
     return out
 
 
-@pytest.mark.parametrize("size,kernel,stride,pad", [(7, 5, 3, 0), (11, 3, 2, 1), (8, 3, 1, 1), (9, 4, 3, 2)])
+@pytest.mark.parametrize("size,kernel,stride,pad", [(7, 5, 3, 0), (11, 3, 2, 1), (8, 3, 1, 1), (9, 4, 3, 2), (8, 3, 2, 2), (7, 4, 3, 3)])
 def test_ave_pooling_divides_by_the_window_clipped_to_h_plus_pad(size, kernel, stride, pad):
     x = rng().standard_normal((2, 3, size, size)).astype(np.float32)
     net = make_net(input_layer("a", 2, 3, size, size) + 'layer { name: "p" type: "Pooling" bottom: "a" top: "p" '
                    f"pooling_param {{ pool: AVE kernel_size: {kernel} stride: {stride} pad: {pad} }} }}")
     out = net.forward(a=x)["p"]
     np.testing.assert_allclose(out, _naive_ave_pool(x.astype(np.float64), kernel, stride, pad), rtol=1e-6, atol=1e-6)
+
+
+def _naive_max_pool(x, k, s, p):
+    n, c, h, w = x.shape
+    oh, ow = caffe_pooled_size(h, k, p, s), caffe_pooled_size(w, k, p, s)
+    out = np.zeros((n, c, oh, ow))
+    for i in range(oh):
+        for j in range(ow):
+            hs, ws = max(i * s - p, 0), max(j * s - p, 0)
+            he, we = min(i * s - p + k, h), min(j * s - p + k, w)
+            out[:, :, i, j] = x[:, :, hs:he, ws:we].max(axis=(2, 3))
+    return out
+
+
+@pytest.mark.parametrize("size,kernel,stride,pad", [(6, 3, 2, 1), (8, 3, 2, 2), (7, 4, 3, 3)])
+def test_max_pooling_ignores_padding_even_when_it_exceeds_half_the_kernel(size, kernel, stride, pad):
+    x = rng().standard_normal((2, 3, size, size)).astype(np.float32)
+    net = make_net(input_layer("a", 2, 3, size, size) + 'layer { name: "p" type: "Pooling" bottom: "a" top: "p" '
+                   f"pooling_param {{ pool: MAX kernel_size: {kernel} stride: {stride} pad: {pad} }} }}")
+    np.testing.assert_array_equal(net.forward(a=x)["p"], _naive_max_pool(x, kernel, stride, pad))
 
 
 def test_max_pooling_gradient_goes_to_the_first_maximum():

@@ -7,12 +7,14 @@
   cells beyond it are not), i.e. PyTorch ``ceil_mode=True, count_include_pad=True``.
 - MAX ignores padding; the gradient goes to the first maximum in row-major window order.
 - ``global_pooling``: the kernel is the whole H×W (pad 0, stride 1).
+- Pads larger than half the kernel (Caffe needs only pad < kernel) are padded by hand.
 - STOCHASTIC pooling is not supported.
 """
 from __future__ import annotations
 
 import math
 
+import torch
 import torch.nn.functional as F
 
 from rll_repro.layers._util import check_bottoms, check_tops, fail, has, spatial_values
@@ -77,8 +79,6 @@ class Pooling(Layer):
                 raise fail(self.param, f"kernel {kernel} and stride {self.stride} must be positive")
             if pd >= k:
                 raise fail(self.param, f"pad {pd} must be smaller than the kernel {k}")
-            if 2 * pd > k:
-                raise fail(self.param, f"pad {pd} larger than half the kernel {k} is not supported")
             pooled = caffe_pooled_size(size, k, pd, st, self.ceil)
             # PyTorch applies the clip rule also with pad 0; Caffe then keeps a window starting
             # outside the image, which only happens when the kernel is smaller than the stride.
@@ -91,11 +91,33 @@ class Pooling(Layer):
 
     def forward(self, x):
         kernel = self._geometry(x.shape)
+        if any(2 * p > k for p, k in zip(self.pad, kernel)):
+            return (self._explicit_pad(x, kernel),)
         if self.method == MAX:
             y = F.max_pool2d(x, kernel, self.stride, self.pad, 1, self.ceil)
         else:
             y = F.avg_pool2d(x, kernel, self.stride, self.pad, self.ceil, True)
         return (y,)
+
+    def _explicit_pad(self, x, kernel):
+        """Pads larger than half the kernel (allowed by Caffe, not by PyTorch's pooling): pad by hand
+        (−inf for MAX, 0 for AVE), pool without padding, and divide AVE sums by Caffe's divisor."""
+        size = x.shape[2:]
+        out = [caffe_pooled_size(size[i], kernel[i], self.pad[i], self.stride[i], self.ceil) for i in range(2)]
+        extra = [max(0, (out[i] - 1) * self.stride[i] + kernel[i] - self.pad[i] - size[i]) for i in range(2)]
+        fill = float("-inf") if self.method == MAX else 0.0
+        xp = F.pad(x, (self.pad[1], extra[1], self.pad[0], extra[0]), value=fill)
+        if self.method == MAX:
+            y = F.max_pool2d(xp, kernel, self.stride, 0)
+            return y[:, :, : out[0], : out[1]]
+        sums = F.avg_pool2d(xp, kernel, self.stride, 0, False, True, 1)[:, :, : out[0], : out[1]]
+        divisors = []
+        for i in range(2):
+            start = torch.arange(out[i], dtype=torch.float64) * self.stride[i] - self.pad[i]
+            end = torch.clamp(start + kernel[i], max=size[i] + self.pad[i])
+            divisors.append(end - start)
+        divisor = (divisors[0][:, None] * divisors[1][None, :]).to(x.dtype)
+        return sums / divisor
 
 
 def _single(param, p, name, default):
