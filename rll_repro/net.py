@@ -263,7 +263,17 @@ class Net(nn.Module):
 
     ``Net(prototxt, weights=None, phase='train'|'test', level=0, stages=(), dialect=None, seed=None)``.
     ``weights`` is a caffemodel path (or NetParameter) given to :meth:`copy_from`. ``seed`` seeds the
-    fillers (and Dropout masks); without it torch's global RNG is used.
+    fillers (and Dropout masks); without it torch's global RNG is used. ``dialect`` ('rll', 'osm',
+    'bvlc') overrides the fork picked from the layer types.
+
+    pycaffe surface: ``blobs`` / ``params`` (numpy ``.data`` / ``.diff`` views), ``inputs``,
+    ``outputs``, ``layers``, ``layer_names``, ``top_names``, ``bottom_names``,
+    ``forward(blobs=None, start=None, end=None, **inputs)``, ``backward(diffs=None, **top_diffs)``,
+    ``reshape()``, ``copy_from(caffemodel)``, ``save(caffemodel)``. For the solver:
+    ``forward_backward()``, ``clear_param_diffs()``, ``learnable_params``, ``params_lr``,
+    ``params_weight_decay``, ``learnable_param_names``, ``loss_tops``. Extras: ``blob_shapes``,
+    ``set_memory_format(torch.channels_last)``, ``keep_blob_diffs``, ``to_proto()``.
+    Forward under ``torch.no_grad()`` / ``torch.inference_mode()`` for extraction (same numbers).
     """
 
     def __init__(
