@@ -547,8 +547,8 @@ class Net(nn.Module):
                 self._blob_shapes[name] = shape
                 if name not in self.inputs:
                     old = self._data.get(name)
-                    if old is None or tuple(old.shape) != shape:
-                        self._data[name] = torch.zeros(shape, dtype=torch.float32)
+                    if old is not None and tuple(old.shape) != shape:  # zeros of the new shape on access
+                        self._data.pop(name, None)
                         self._diff.pop(name, None)
 
     # -- forward / backward ---------------------------------------------------------------------
@@ -586,6 +586,9 @@ class Net(nn.Module):
         root_of = self._alias_root
         if start > 0:  # pycaffe's forward(start=...): earlier blobs keep their data
             data.update({k: v.detach() for k, v in self._data.items()})
+        else:  # drop the previous pass's activations and diffs before making new ones (peak memory)
+            self._data = {name: self._data[name] for name in self.inputs}
+            self._diff, self._first, self._grads, self._loss_tops = {}, {}, {}, []
         for name in self.inputs:
             t = self._data[name]
             if track and self.force_backward:
