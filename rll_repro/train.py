@@ -41,8 +41,11 @@ class Schedule:
     save_interval: int | None = None
     snapshot_prefix: str = "checkpoint"
     snapshot_at_end: bool = True       # Caffe's snapshot_after_train
+    extra_saves: frozenset = frozenset()  # more iterations to snapshot (checkpoints to be evaluated)
 
     def saves_at(self, it: int) -> bool:
+        if it in self.extra_saves:
+            return True
         return bool(self.save_interval) and it >= (self.save_start or 0) and it % self.save_interval == 0
 
 

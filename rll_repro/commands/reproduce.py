@@ -11,23 +11,57 @@ the numbers a real RLL Caffe got on the same demo. The run folder gets train.log
 curves.png (loss and learning rate), the final caffemodel + solverstate, history.json,
 test_features.npy and results.json.
 
-The paper settings (`--list` shows them) need their data sets and the ImageNet BN-Inception weights;
-for those this command prints what would run, and `rll-repro train --data SETTING` trains.
+A paper setting (`--list` shows them) reproduces one row of the papers' tables in four steps,
+all in the run folder --out:
+  1. check: --weights (the ImageNet BN-Inception caffemodel), the setting's .mat lists in --lists DIR
+     (make them with `rll-repro make-lists`), every image under --data-root; each problem is one line
+     and exit code 2;
+  2. train with the original loop: the setting's solver and train net, its sampler (C classes x K
+     images), train transform, seed 123, snapshots checkpoints1/checkpoint_iter_N at the original
+     cadence (save_start/save_interval) plus every iteration to be evaluated. If --out already holds
+     a snapshot, training resumes from the latest complete one (bitwise the same as an unbroken run),
+     so a killed run is restarted with the same command;
+  3. evaluate the checkpoints the original test scripts evaluated (or --checkpoints / --eval-every)
+     with each released deploy net (TEST phase, test transform, the script's batch, the protocol's
+     metric): results/<deploy>_iter_N.json (percent, already present ones are kept) and the original
+     result files (Recall_H_d64.txt: `iter: N, rank1: 0.xxx, ...`; Recall.txt / CUB_Recall.txt;
+     Record_concat.txt);
+  4. print the last evaluated checkpoint of each deploy next to its published numbers; exit code 1
+     when any metric differs by more than --tolerance points.
+Supported: rll-sop, rll-inshop, rll-market, osm-cars(-bbox), osm-cub(-bbox); the video settings
+(osm-mars, osm-lpw) are not wired yet.
 
 examples:
   rll-repro reproduce digits
   rll-repro reproduce digits --out runs/digits --max-iter 100
   rll-repro reproduce --list
+  rll-repro reproduce rll-sop --data-root /data/Stanford_Online_Products --lists lists/ \\
+      --weights googlenet_bn.caffemodel --out runs/rll-sop
+  rll-repro reproduce rll-sop --data-root /data/SOP --lists lists/ --weights googlenet_bn.caffemodel \\
+      --out runs/sop-smoke --max-iter 20 --checkpoints 20 --test-batch 64 --threads 2
 """
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("setting", nargs="?", default="digits", help="setting name (default digits)")
     parser.add_argument("--out", help="run folder (default runs/<setting>)")
-    parser.add_argument("--max-iter", type=int, help="train fewer iterations than the solver's max_iter")
+    parser.add_argument("--max-iter", type=int, help="train fewer iterations than the setting's max_iter")
+    parser.add_argument("--data-root", help="paper settings: folder the lists' image paths are relative to")
+    parser.add_argument("--lists", help="paper settings: folder holding the setting's .mat lists")
+    parser.add_argument("--weights", help="paper settings: ImageNet BN-Inception googlenet_bn.caffemodel")
+    parser.add_argument("--checkpoints", help="paper settings: comma-separated iterations to evaluate "
+                        "(default: the original test script's, or the last iteration)")
+    parser.add_argument("--eval-every", type=int, help="paper settings: evaluate every N iterations instead")
+    parser.add_argument("--deploys", help="paper settings: comma-separated deploy names (default: the released ones)")
+    parser.add_argument("--test-batch", type=int, help="paper settings: images per test forward (default: the script's)")
+    parser.add_argument("--tolerance", type=float, default=0.5,
+                        help="paper settings: allowed |delta| vs published, in points (default 0.5); over -> exit 1")
+    parser.add_argument("--against", help="paper settings: reference for the first deploy instead of its "
+                        "published entry (published key, RESULTS.json or RESULTFILE.txt@ITER)")
+    parser.add_argument("--workers", type=int, default=0, help="paper settings: data loader processes (default 0)")
     parser.add_argument("--seed", type=int, default=None, help="sampler seed (default 123)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads (default 1: fastest for this tiny net on a shared machine)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (digits default 1: fastest for its tiny net; paper settings: torch's choice)")
     parser.add_argument("--list", action="store_true", help="list the known settings and exit")
     parser.add_argument("--verbose", action="store_true", help="echo the Caffe-format log to stderr")
 
@@ -47,18 +81,10 @@ def run(args) -> int:
                 print(f"{name}: {recipes.get(name).description}")
         return 0
     if args.setting != "digits":
-        from rll_repro import recipes
-        from rll_repro.errors import DataError
-
-        setting = recipes.get(args.setting)
-        print(setting.describe())
-        raise DataError(f"setting {args.setting} needs its data ({', '.join(setting.data_files)}) and "
-                        f"{setting.pretrained_weights}; train it with: rll-repro train --solver "
-                        f"{setting.solver.path} --weights {setting.pretrained_weights} --data {setting.name} "
-                        f"--list {setting.data_files[0]} --data-root DIR")
+        return _run_setting(args)
     from rll_repro.recipes import digits
 
-    torch.set_num_threads(max(int(args.threads), 1))
+    torch.set_num_threads(max(int(args.threads or 1), 1))
     out = args.out or "runs/digits"
     started = time.monotonic()
     print(f"reproduce digits: training RLL on scikit-learn digits (classes 0-4), run folder {out}", file=sys.stderr)
@@ -68,3 +94,61 @@ def run(args) -> int:
     print(f"run folder: {out} (train.log, curves.png, {results['model']}, results.json); "
           f"{time.monotonic() - started:.1f} s")
     return 0
+
+
+def _ints(text: str | None, option: str) -> list[int] | None:
+    from rll_repro.errors import DataError
+
+    if not text:
+        return None
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise DataError(f"{option} {text!r}: expected comma-separated iteration numbers") from None
+
+
+def _run_setting(args) -> int:
+    import sys
+    import time
+    from pathlib import Path
+
+    import torch
+
+    from rll_repro import recipes, reproduce
+    from rll_repro.errors import DataError
+    from rll_repro.train import latest_snapshot
+
+    setting = recipes.get(args.setting)
+    if args.tolerance < 0:
+        raise DataError(f"--tolerance must be >= 0, got {args.tolerance}")
+    if args.eval_every is not None and args.eval_every < 1:
+        raise DataError(f"--eval-every must be >= 1, got {args.eval_every}")
+    if args.max_iter is not None and args.max_iter < 0:
+        raise DataError(f"--max-iter must be >= 0, got {args.max_iter}")
+    if args.test_batch is not None and args.test_batch < 1:
+        raise DataError(f"--test-batch must be >= 1, got {args.test_batch}")
+    deploys = [d.strip() for d in args.deploys.split(",") if d.strip()] if args.deploys else None
+    for name in deploys or ():
+        if name not in [d.name for d in setting.deploys]:
+            raise DataError(f"--deploys: setting {setting.name} has no deploy {name!r} "
+                            f"(it has {', '.join(d.name for d in setting.deploys)})")
+    checkpoints = _ints(args.checkpoints, "--checkpoints")
+    out = Path(args.out or f"runs/{setting.name}")
+    inputs = reproduce.check_inputs(setting, lists_dir=args.lists, data_root=args.data_root,
+                                    weights=args.weights,
+                                    need_weights=latest_snapshot(reproduce.snapshot_prefix(out)) is None)
+    if args.threads:
+        torch.set_num_threads(max(int(args.threads), 1))
+    started = time.monotonic()
+    print(setting.describe(), file=sys.stderr)
+    print(f"reproduce {setting.name}: run folder {out}", file=sys.stderr)
+    outcome = reproduce.reproduce(
+        setting, inputs, out, max_iter=args.max_iter, eval_every=args.eval_every, checkpoints=checkpoints,
+        deploys=deploys, test_batch=args.test_batch, tolerance=args.tolerance, against=args.against,
+        seed=args.seed, workers=args.workers, echo=args.verbose)
+    print(reproduce.format_diffs(outcome, args.tolerance))
+    resumed = outcome.train["resumed_from"]
+    print(f"trained to iteration {outcome.train['iter']}" + (f" (resumed from {resumed})" if resumed else "")
+          + f"; result files: {', '.join(Path(p).name for p in outcome.result_files) or 'none'}; "
+          f"run folder {out}; {time.monotonic() - started:.1f} s")
+    return outcome.exit_code

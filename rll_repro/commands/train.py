@@ -15,7 +15,9 @@ curves are drawn to <out>/curves.png.
 Data (--data):
   digits                 the shipped scikit-learn digits demo batches (classes 0-4, 5 x 6 per batch)
   SETTING                a paper setting of `rll-repro reproduce --list` (rll-sop, osm-cars, ...):
-                         its sampler and train transform over --list FILE.mat (with --data-root)
+                         its sampler and train transform over its training list, --lists DIR
+                         (the folder of the setting's .mat lists) or --list FILE.mat, images
+                         under --data-root; snapshot cadence and max_iter default to the setting's
   none                   feed nothing (nets without input blobs)
 
 --weights copies weights by layer name into the freshly initialised net (Caffe's copy_from, e.g. the
@@ -28,7 +30,7 @@ examples:
   rll-repro train --solver prototxt/digits/solver.prototxt --data digits --out runs/digits \\
       --snapshot runs/digits/digits_iter_100.caffemodel.solverstate
   rll-repro train --solver prototxt/rll/sop/solver.prototxt --weights googlenet_bn.caffemodel \\
-      --data rll-sop --list SOP_TrainImagePathBoxCell.mat --data-root /data/Stanford_Online_Products
+      --data rll-sop --lists lists/ --data-root /data/Stanford_Online_Products --out runs/sop-train
 """
 
 
@@ -38,6 +40,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--snapshot", help="solverstate to resume from")
     parser.add_argument("--data", default="digits", help="batch source: digits, a paper setting name, or none (default digits)")
     parser.add_argument("--list", dest="data_list", help="training list .mat for a paper setting")
+    parser.add_argument("--lists", dest="lists_dir", help="folder of a paper setting's .mat lists (its training list is used)")
     parser.add_argument("--data-root", help="folder the list's image paths are relative to")
     parser.add_argument("--workers", type=int, default=0, help="data loader worker processes (default 0)")
     parser.add_argument("--seed", type=int, default=None, help="sampler seed (default: the setting's, 123)")
@@ -60,27 +63,34 @@ def _batch_source(args, solver):
         from rll_repro.recipes import digits
 
         return digits.batch_source(seed=digits.SEED if args.seed is None else args.seed), {}
-    from rll_repro import recipes
+    from pathlib import Path
+
+    from rll_repro import recipes, reproduce
 
     setting = recipes.get(name)
-    if not args.data_list:
-        raise DataError(f"--data {name} needs --list (one of {', '.join(setting.data_files)})")
-    from rll_repro.data import loader, samplers, transforms
-    from rll_repro.train import LoaderBatchSource
-
-    seed = setting.seed if args.seed is None else args.seed
-    lst = loader.resolve_source(args.data_list, data_root=args.data_root)
-    sampler_cls = getattr(samplers, setting.sampler)
-    if setting.sampler == "TrackletBatchSampler":
-        raise DataError(f"--data {name}: video (tracklet) settings are not wired into `train` yet")
-    sampler = sampler_cls(lst.class_ids, setting.classes_per_batch, setting.images_per_class, seed=seed,
-                          num_iterations=setting.max_iter)
-    transform = getattr(transforms, setting.train_transform)
-    if isinstance(transform, type):
-        transform = transform()
-    train_loader = loader.make_train_loader(lst, sampler, transform, num_workers=args.workers)
-    return LoaderBatchSource(train_loader), {"save_start": setting.save_start, "save_interval": setting.save_interval,
-                                            "max_iter": setting.max_iter}
+    if args.data_list and args.lists_dir:
+        raise DataError("give --list FILE.mat or --lists DIR, not both")
+    if args.data_list:
+        if not Path(args.data_list).is_file():
+            raise DataError(f"--list {args.data_list}: file not found")
+        train_list = Path(args.data_list)
+    elif args.lists_dir:
+        folder = Path(args.lists_dir)
+        if not folder.is_dir():
+            raise DataError(f"--lists {folder}: not a folder (it must hold {setting.data_files[0]})")
+        train_list = folder / setting.data_files[0]
+        if not train_list.is_file():
+            raise DataError(f"--lists {folder}: missing {setting.data_files[0]} (the training list of {name})")
+    else:
+        raise DataError(f"--data {name} needs --lists DIR (holding {setting.data_files[0]}) or --list FILE.mat")
+    if args.data_root is not None and not Path(args.data_root).is_dir():
+        raise DataError(f"--data-root {args.data_root}: not a folder")
+    inputs = reproduce.Inputs(None, train_list, train_list, args.data_root)
+    reproduce.train_list(setting, inputs).check_images()
+    source = reproduce.SettingBatchSource(setting, reproduce.train_list(setting, inputs), solver.net,
+                                          seed=args.seed, workers=args.workers)
+    return source, {"save_start": setting.save_start, "save_interval": setting.save_interval,
+                    "max_iter": setting.max_iter}
 
 
 def run(args) -> int:
@@ -104,6 +114,10 @@ def run(args) -> int:
     solver = get_solver(args.solver)
     source, defaults = _batch_source(args, solver)
     if args.weights:
+        if not Path(args.weights).is_file():
+            from rll_repro.errors import DataError
+
+            raise DataError(f"--weights {args.weights}: file not found")
         solver.net.copy_from(args.weights)
     prefix = str(out / (Path(solver.param.snapshot_prefix).name if solver.param.snapshot_prefix else "checkpoint"))
     schedule = Schedule(
