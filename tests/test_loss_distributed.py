@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import datetime
 import os
+import sys
 import time
 import traceback
 
@@ -102,27 +103,32 @@ def _error_case(rank, what):
 
 
 def _worker(rank, init_file, out_dir):
+    """Runs every scenario on this rank. An exception propagates (start_processes then stops the
+    other rank at once instead of leaving it waiting in a collective until the gloo timeout)."""
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD,
-                            timeout=datetime.timedelta(seconds=TIMEOUT_S))
-    results = {}
+    if sys.platform.startswith("linux"):
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # the ranks talk over loopback only
     try:
-        for dname, dtype in DTYPES.items():
-            for loss_name in LOSSES:
-                for split, sizes in SPLITS.items():
-                    for scale in (1.0, "world_size"):
-                        results[("loss", loss_name, dname, split, scale)] = _loss_case(rank, loss_name, dtype, sizes, scale)
-            for loss_name in ("rll_v12", "osm_caa", "rll_paper"):
-                results[("ddp", loss_name, dname)] = _ddp_case(rank, loss_name, dtype, (8, 8))
-            results[("ddp", "rll_v12", dname, "uneven")] = _ddp_case(rank, "rll_v12", dtype, (5, 11))
-        for what in ("features", "labels", "dtype"):
-            results[("error", what)] = _error_case(rank, what)
-        t = torch.arange(rank * 3.0, rank * 3.0 + 2 + rank, dtype=torch.float64).requires_grad_()
-        gathered = gather_with_grad(t)
-        (gathered * torch.arange(1.0, gathered.numel() + 1, dtype=torch.float64)).sum().backward()
-        results["gather"] = (gathered.detach(), t.grad)
-    except Exception:  # noqa: BLE001 - report the child's traceback to the parent
-        results["crash"] = traceback.format_exc()
+        dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD,
+                                timeout=datetime.timedelta(seconds=TIMEOUT_S))
+    except Exception:  # noqa: BLE001 - the environment cannot run gloo: the fixture skips with this
+        torch.save({"init_failed": traceback.format_exc(limit=1)}, os.path.join(out_dir, f"rank{rank}.pt"))
+        return
+    results = {}
+    for dname, dtype in DTYPES.items():
+        for loss_name in LOSSES:
+            for split, sizes in SPLITS.items():
+                for scale in (1.0, "world_size"):
+                    results[("loss", loss_name, dname, split, scale)] = _loss_case(rank, loss_name, dtype, sizes, scale)
+        for loss_name in ("rll_v12", "osm_caa", "rll_paper"):
+            results[("ddp", loss_name, dname)] = _ddp_case(rank, loss_name, dtype, (8, 8))
+        results[("ddp", "rll_v12", dname, "uneven")] = _ddp_case(rank, "rll_v12", dtype, (5, 11))
+    for what in ("features", "labels", "dtype"):
+        results[("error", what)] = _error_case(rank, what)
+    t = torch.arange(rank * 3.0, rank * 3.0 + 2 + rank, dtype=torch.float64).requires_grad_()
+    gathered = gather_with_grad(t)
+    (gathered * torch.arange(1.0, gathered.numel() + 1, dtype=torch.float64)).sum().backward()
+    results["gather"] = (gathered.detach(), t.grad)
     torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     dist.destroy_process_group()
 
@@ -143,8 +149,9 @@ def ranks(tmp_path_factory):
                     p.terminate()
             pytest.fail(f"the 2 gloo processes did not finish within {TIMEOUT_S} s")
     results = {r: torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)}
-    for r, res in results.items():
-        assert "crash" not in res, f"rank {r} crashed:\n{res.get('crash')}"
+    for res in results.values():
+        if "init_failed" in res:
+            pytest.skip(f"cannot start a gloo process group here: {res['init_failed'].strip().splitlines()[-1]}")
     return results
 
 
