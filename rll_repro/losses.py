@@ -19,6 +19,10 @@ the autograd gradient of that value (times the incoming gradient, Caffe's loss_w
 weights too, so ``torch.autograd.gradcheck`` holds), for comparison; its equations are a reading of the papers that could not be
 checked against the paper text (SPEC rll §10.2, osm §11-12), see the ``paper_*`` functions.
 
+Any device: labels and attention are moved to the embeddings' device. Over several processes
+(DistributedDataParallel), wrap the loss in :class:`rll_repro.distributed.DistributedLoss` so that
+the ranked list is the global batch of all ranks.
+
 Bad input (not a float32/float64 (N, D) tensor, N < 2, labels of another length or a non-numeric
 dtype, non-finite values, negative attention) raises :class:`rll_repro.errors.DataError`. N = 1 is
 refused rather than reproduced: with one sample there is no pair, and Caffe computes 0/0 = NaN for
@@ -54,7 +58,9 @@ def _check_embeddings(emb, who: str) -> torch.Tensor:
     return emb.reshape(emb.shape[0], -1)
 
 
-def _check_per_sample(values, n: int, who: str, what: str) -> torch.Tensor:
+def _check_per_sample(values, n: int, who: str, what: str, device: torch.device) -> torch.Tensor:
+    """Validated (n,) view of a per-sample input, moved to the embeddings' device (labels often stay
+    on the CPU when the model runs on CUDA)."""
     if not torch.is_tensor(values):
         raise DataError(f"{who}: {what} must be a torch.Tensor, got {type(values).__name__}")
     if values.dtype == torch.bool or values.is_complex():
@@ -63,7 +69,7 @@ def _check_per_sample(values, n: int, who: str, what: str) -> torch.Tensor:
         raise DataError(f"{who}: {what} has {values.numel()} values for {n} embeddings")
     if values.is_floating_point() and not bool(torch.isfinite(values).all()):
         raise DataError(f"{who}: {what} contain NaN or Inf")
-    return values.reshape(n)
+    return values.reshape(n).to(device)
 
 
 def _l2_caffe(emb: torch.Tensor, eps: float, who: str) -> torch.Tensor:
@@ -163,7 +169,7 @@ class RankedListLoss(nn.Module):
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         who = type(self).__name__
         emb = _check_embeddings(embeddings, who)
-        labels = _check_per_sample(labels, emb.shape[0], who, "labels")
+        labels = _check_per_sample(labels, emb.shape[0], who, "labels", emb.device)
         p = self.params
         if self.mode == "paper":
             emb = _l2_plain(emb) if self.normalize else emb
@@ -195,8 +201,8 @@ class OSMCAALoss(nn.Module):
         who = type(self).__name__
         emb = _check_embeddings(embeddings, who)
         n = emb.shape[0]
-        labels = _check_per_sample(labels, n, who, "labels")
-        attention = _check_per_sample(attention, n, who, "attention")
+        labels = _check_per_sample(labels, n, who, "labels", emb.device)
+        attention = _check_per_sample(attention, n, who, "attention", emb.device)
         if bool((attention < 0).any()):
             raise DataError(f"{who}: attention scores must be >= 0 (Caffe feeds a Gaussian pdf)")
         if self.mode == "paper":

@@ -225,3 +225,20 @@ def test_without_a_process_group_the_wrapper_is_the_plain_loss():
         vb.backward()
         assert torch.equal(va, vb) and torch.equal(a.grad, b.grad)
     assert gather_with_grad(x) is x
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none on this machine)")
+@pytest.mark.parametrize("loss_name", list(LOSSES))
+def test_losses_run_on_cuda_with_labels_left_on_the_cpu(loss_name):
+    """Float64 on the GPU vs the CPU: 1e-10 of the largest component (other libm and reduction
+    order; exp(T_n t) amplifies ulps by at most ~10)."""
+    x, labels, att = global_batch(16, torch.float64)
+    extra = (att,) if loss_name.startswith("osm") else ()
+    cpu_x, gpu_x = x.clone().requires_grad_(), x.cuda().requires_grad_()
+    cpu = LOSSES[loss_name]()(cpu_x, labels, *extra)
+    gpu = DistributedLoss(LOSSES[loss_name]())(gpu_x, labels, *extra)
+    cpu.backward()
+    gpu.backward()
+    assert gpu.device.type == "cuda"
+    assert abs(float(gpu) - float(cpu)) <= 1e-10 * abs(float(cpu))
+    assert rel(gpu_x.grad.cpu(), cpu_x.grad) <= 1e-10
