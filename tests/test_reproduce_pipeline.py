@@ -252,3 +252,31 @@ def test_train_command_runs_a_setting_on_real_image_lists(tiny, setting, tmp_pat
                                                                 "checkpoint_iter_3.caffemodel"]
     hist = json.loads((out / "history.json").read_text())
     assert hist["iteration"] == [0, 1, 2] and all(np.isfinite(hist["loss"]))
+
+
+@pytest.mark.slow
+def test_real_rll_sop_setting_one_iteration_at_batch_150(tmp_path):
+    """The released rll-sop setting itself (BN-Inception, batch 50 x 3 at 227, RLL heads, concat deploy)
+    for one iteration on 51 synthetic classes; ImageNet weights replaced by the freshly filled net.
+    Minutes on 2 cores."""
+    from rll_repro.data.writers import write_lists
+    from rll_repro.net import Net
+
+    root, lists = tmp_path / "SOP", tmp_path / "lists"
+    rng = np.random.default_rng(0)
+    _write_images(root, "train", range(1, 52), 3, rng)
+    _write_images(root, "test", range(52, 56), 2, rng)
+    lists.mkdir()
+    write_lists("sop", root, lists / "SOP_TrainImagePathBoxCell.mat", "train")
+    write_lists("sop", root, lists / "SOP_TestImagePathBoxCell.mat", "test")
+    weights = tmp_path / "init.caffemodel"
+    Net(str(recipes.path(recipes.get("rll-sop").train.path)), phase="train").save(str(weights))
+    out = tmp_path / "run"
+    code = cli.main(["reproduce", "rll-sop", "--data-root", str(root), "--lists", str(lists), "--weights",
+                     str(weights), "--out", str(out), "--max-iter", "1", "--deploys", "concat",
+                     "--test-batch", "8"])
+    assert code == 1  # one iteration is far from the published 30000-iteration numbers
+    assert (out / "checkpoints1" / "checkpoint_iter_1.caffemodel.solverstate").is_file()
+    assert (out / "Recall_concat_d64.txt").read_text().startswith("iter: 1, rank1: ")
+    res = json.loads((out / "results" / "concat_iter_1.json").read_text())
+    assert res["_meta"]["dims"] == 3 * 64 and res["_meta"]["items"] == 8

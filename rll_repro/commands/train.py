@@ -109,15 +109,15 @@ def run(args) -> int:
         from rll_repro.errors import TrainingError
 
         raise TrainingError("give either --weights or --snapshot, not both (as caffe train)")
+    if args.weights and not Path(args.weights).is_file():
+        from rll_repro.errors import DataError
+
+        raise DataError(f"--weights {args.weights}: file not found")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     solver = get_solver(args.solver)
     source, defaults = _batch_source(args, solver)
     if args.weights:
-        if not Path(args.weights).is_file():
-            from rll_repro.errors import DataError
-
-            raise DataError(f"--weights {args.weights}: file not found")
         solver.net.copy_from(args.weights)
     prefix = str(out / (Path(solver.param.snapshot_prefix).name if solver.param.snapshot_prefix else "checkpoint"))
     schedule = Schedule(
