@@ -9,7 +9,7 @@ loss runs the same operations on it in the same process (one thread), and the sl
 and the scale by W = 2 in backward are exact. The DDP parameter gradients are held to 1e-12
 (float64) / 1e-6 (float32) of the largest component: DDP sums the two ranks' partial products
 J_0^T g_0 + J_1^T g_1 while the reference does one product over the whole batch, a different
-summation order (measured: a few ulp).
+summation order (measured: <= 3e-16 in float64, <= 1.7e-7 in float32, i.e. 1-2 ulp).
 """
 from __future__ import annotations
 
