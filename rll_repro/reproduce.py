@@ -218,7 +218,8 @@ def train(setting, inputs: Inputs, out, *, max_iter: int | None = None, extra_sa
         elif inputs.weights is not None:
             log.info(f"Copying weights from {inputs.weights}", source="net.cpp:copy_from")
             solver.net.copy_from(str(inputs.weights))
-        history = run_training(solver, source, schedule, log, progress=progress)
+        history = run_training(solver, source, schedule, log, progress=progress,
+                               on_snapshot=lambda h: _append_history(out / "history.json", h))
     if history.iterations:
         _append_history(out / "history.json", history)
         data = json.loads((out / "history.json").read_text())
@@ -227,7 +228,8 @@ def train(setting, inputs: Inputs, out, *, max_iter: int | None = None, extra_sa
 
 
 def _append_history(path: Path, history) -> None:
-    """history.json over all (resumed) sessions: entries of iterations redone after a kill replaced."""
+    """history.json over all (resumed) sessions, saved at every snapshot too: entries of iterations
+    redone after a kill are replaced."""
     from rll_repro.fileio import atomic_write_text
 
     old = json.loads(path.read_text()) if path.exists() else {"iteration": [], "loss": [], "lr": [], "snapshots": []}

@@ -131,8 +131,10 @@ class LoaderBatchSource:
 
 
 def run_training(solver, source: BatchSource | None, schedule: Schedule, log=None, *,
-                 progress: bool | None = None, on_step: Callable[[int, float], None] | None = None) -> History:
-    """Drive ``solver`` to ``schedule.max_iter`` (from ``solver.iter``, so a restored solver resumes)."""
+                 progress: bool | None = None, on_step: Callable[[int, float], None] | None = None,
+                 on_snapshot: Callable[[History], None] | None = None) -> History:
+    """Drive ``solver`` to ``schedule.max_iter`` (from ``solver.iter``, so a restored solver resumes).
+    ``on_snapshot(history)`` runs after each periodic snapshot (e.g. to save the history so far)."""
     history = History()
     if source is not None:
         solver.state_hooks["batch_source"] = (source.state_dict, source.load_state_dict)
@@ -161,6 +163,8 @@ def run_training(solver, source: BatchSource | None, schedule: Schedule, log=Non
                     log.iteration_lr(it, rate)
                 if schedule.saves_at(solver.iter):
                     history.snapshots.append(solver.snapshot(schedule.snapshot_prefix)[1])
+                    if on_snapshot is not None:
+                        on_snapshot(history)
                 if on_step is not None:
                     on_step(it, loss)
                 bar.update(1, postfix=f"loss {loss:.4g} lr {rate:.3g}")

@@ -280,3 +280,32 @@ def test_real_rll_sop_setting_one_iteration_at_batch_150(tmp_path):
     assert (out / "Recall_concat_d64.txt").read_text().startswith("iter: 1, rank1: ")
     res = json.loads((out / "results" / "concat_iter_1.json").read_text())
     assert res["_meta"]["dims"] == 3 * 64 and res["_meta"]["items"] == 8
+
+
+def test_train_command_names_the_missing_training_list(tiny, setting, tmp_path, capsys):
+    (tmp_path / "lists").mkdir()
+    code = cli.main(["train", "--solver", str(tiny["nets"] / "solver.prototxt"), "--data", NAME,
+                     "--lists", str(tmp_path / "lists"), "--out", str(tmp_path / "t"), "--quiet"])
+    assert code == 2 and "missing SOP_TrainImagePathBoxCell.mat" in _error(capsys)
+
+
+def test_interrupted_session_keeps_its_history_up_to_the_last_snapshot(tiny, setting, tmp_path, monkeypatch):
+    """history.json is saved at every snapshot, so a killed session's curve survives the restart."""
+    import rll_repro.train as train_mod
+
+    tiny["reference"].write_text(json.dumps({"R@1": 0.0}))
+    real, calls = train_mod.loss_after_step, []
+
+    def interrupt_at_iteration_5(net):
+        calls.append(1)
+        if len(calls) == 6:
+            raise KeyboardInterrupt
+        return real(net)
+
+    monkeypatch.setattr(train_mod, "loss_after_step", interrupt_at_iteration_5)
+    out = tmp_path / "run"
+    assert _reproduce(tiny, out, "--tolerance", "100") == 130
+    assert json.loads((out / "history.json").read_text())["iteration"] == [0, 1, 2, 3]  # saved with snapshot 4
+    monkeypatch.setattr(train_mod, "loss_after_step", real)
+    assert _reproduce(tiny, out, "--tolerance", "100") == 0
+    assert json.loads((out / "history.json").read_text())["iteration"] == list(range(8))
