@@ -308,6 +308,8 @@ def evaluate_checkpoint(setting, deploy, model, inputs: Inputs, *, batch_size: i
             ks = [k for k in setting.recall_ks if k <= len(labels) - 1]
             result = metrics.recall_at_k(feats, labels, ks)
         meta = {"items": int(feats.shape[0]), "dims": int(feats.shape[1])}
+        if protocol == "inshop":
+            meta.update(queries=int(q.sum()), gallery=int((~q).sum()))
     else:  # market
         ev = market_evaluation(inputs)
 
@@ -387,12 +389,15 @@ class Outcome:
 
 
 def published_key(deploy, iteration: int) -> str | None:
-    """The deploy's published entry for ``iteration`` (``..._iter26000`` / ``iter6000`` keys), else its first."""
+    """The deploy's published entry of ``iteration`` (keys ending ``_iter26000``, ``iter6000``,
+    ``repo snapshot iter 7000 [raw images]``), else its first (the paper's or final number)."""
+    import re
+
     if not deploy.published:
         return None
     for key in deploy.published:
-        tail = key.rsplit("/", 1)[-1]
-        if tail.endswith(f"iter{iteration}"):
+        m = re.search(r"iter\s*(\d+)[^/]*$", key.rsplit("/", 1)[-1])
+        if m and int(m.group(1)) == iteration:
             return key
     return deploy.published[0]
 

@@ -55,3 +55,12 @@ def test_checkpoints_are_the_scripts_unless_asked():
     assert eval_iterations(sop, concat, 20) == [20]  # a short run evaluates its last iteration
     assert eval_iterations(sop, concat, 20, eval_every=5) == [5, 10, 15, 20]
     assert eval_iterations(sop, concat, 20, checkpoints=[10, 30, 10]) == [10]
+
+
+def test_osm_published_entry_of_the_repo_snapshot():
+    cars = recipes.get("osm-cars")
+    m = cars.deploys[0]
+    assert published_key(m, 7000) == "osm_caa/CARS196/OSM+CAA repo snapshot iter 7000 [raw images]"
+    assert published_key(m, 10000) == "osm_caa/CARS196/OSM+CAA (Ours) [raw images]"
+    market = recipes.get("rll-market")
+    assert published_key(market.deploy("concat"), 5000).endswith("/iter5000")
