@@ -73,15 +73,20 @@ def check_inputs(setting, *, lists_dir, data_root=None, weights=None, need_weigh
     inputs = Inputs(Path(weights) if weights else None, lists / setting.data_files[0],
                     lists / setting.data_files[1], str(data_root) if data_root is not None else None)
     if check_images:
-        train_list(setting, inputs).check_images()
-        if setting.eval_protocol in RETRIEVAL:
-            test_list(setting, inputs).check_images()
-        else:
-            from rll_repro.data.lists import check_images_exist
+        try:
+            train_list(setting, inputs).check_images()
+            if setting.eval_protocol in RETRIEVAL:
+                test_list(setting, inputs).check_images()
+            else:
+                from rll_repro.data.lists import check_images_exist
 
-            ev = market_evaluation(inputs)
-            check_images_exist([*ev.query_paths, *ev.test_paths, *(p for m in ev.multi_query_paths for p in m)],
-                               str(inputs.test_list))
+                ev = market_evaluation(inputs)
+                check_images_exist([*ev.query_paths, *ev.test_paths,
+                                    *(p for m in ev.multi_query_paths for p in m)], str(inputs.test_list))
+        except DataError as exc:
+            if "missing" not in str(exc):
+                raise
+            raise DataError(f"{exc} (check --data-root{' ' + str(data_root) if data_root else ''})") from None
     return inputs
 
 
