@@ -150,7 +150,7 @@ class SettingBatchSource:
         sampler_cls = getattr(samplers, setting.sampler)
         seed = setting.seed if seed is None else seed
         sampler = sampler_cls(image_list.class_ids, setting.classes_per_batch, setting.images_per_class,
-                              seed=seed, num_iterations=setting.max_iter)
+                              seed=seed, num_iterations=None)  # endless: --max-iter may pass the setting's
         self.loader = loader.make_train_loader(image_list, sampler, train_transform(setting),
                                                num_workers=workers)
         self.shapes = {name: tuple(net.blobs[name].shape) for name in net.inputs}

@@ -309,3 +309,10 @@ def test_interrupted_session_keeps_its_history_up_to_the_last_snapshot(tiny, set
     monkeypatch.setattr(train_mod, "loss_after_step", real)
     assert _reproduce(tiny, out, "--tolerance", "100") == 0
     assert json.loads((out / "history.json").read_text())["iteration"] == list(range(8))
+
+
+def test_training_may_run_past_the_settings_max_iter(tiny, setting, tmp_path):
+    tiny["reference"].write_text(json.dumps({"R@1": 0.0}))
+    out = tmp_path / "run"
+    assert _reproduce(tiny, out, "--max-iter", "10", "--checkpoints", "10", "--tolerance", "100") == 0
+    assert (out / "checkpoints1" / "checkpoint_iter_10.caffemodel").is_file()
