@@ -6,32 +6,23 @@ order for the squared norm is the only difference).
 """
 from __future__ import annotations
 
-from pathlib import Path
-
-import numpy as np
 import pytest
 import torch
-from google.protobuf import text_format
+from oracle_cases import case_arrays, case_net, rel
 
 from rll_repro.caffe import caffe_pb2
 from rll_repro.errors import NetError
 from rll_repro.layers.base import DIALECTS, BuildContext
 from rll_repro.layers.normalization import Normalization, l2_normalize
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "losses"
 TOL = 1e-6
 
 
 def norm_layer(case, dialect):
-    net = text_format.Parse((FIXTURES / case / "net.prototxt").read_text(), caffe_pb2.NetParameter())
+    net = case_net(case)
     lp = next(lp for lp in net.layer if lp.type == "Normalization")
-    z = dict(np.load(FIXTURES / case / "case.npz"))
+    z = case_arrays(case)
     return Normalization(lp, [z["input/data"].shape], BuildContext(dialect=DIALECTS[dialect])), z
-
-
-def rel(ours, ref):
-    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
-    return np.abs(ours - ref).max() / np.abs(ref).max()
 
 
 @pytest.mark.parametrize("case,dialect", [("normalization_l2", "rll"), ("osm_normalization_l2", "osm"),

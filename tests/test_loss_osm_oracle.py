@@ -7,12 +7,11 @@ float32 (measured: <= 2.2e-7; Caffe's float32 BLAS summation order is the remain
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
-from google.protobuf import text_format
+from oracle_cases import case_arrays as load
+from oracle_cases import case_net, rel
 
 from rll_repro.caffe import caffe_pb2
 from rll_repro.layers.base import DIALECTS, BuildContext
@@ -24,24 +23,13 @@ from rll_repro.layers.osm_caa import (
     osm_caa_value_and_grad,
 )
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "losses"
 HEADS = ["osm_caa_head_cars", "osm_caa_head_variant"]
 TOL = 1e-6
 
 
 def layer_params(case):
-    net = text_format.Parse((FIXTURES / case / "net.prototxt").read_text(), caffe_pb2.NetParameter())
+    net = case_net(case)
     return {lp.name: lp for lp in net.layer}, net
-
-
-def load(case):
-    return dict(np.load(FIXTURES / case / "case.npz"))
-
-
-def rel(ours, ref):
-    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
-    scale = np.abs(ref).max()
-    return np.abs(ours - ref).max() / scale if scale else np.abs(ours).max()
 
 
 def ctx():

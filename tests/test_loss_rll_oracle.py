@@ -12,14 +12,13 @@ absolute noise, which is why the bound is relative to the largest component, not
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
-from google.protobuf import text_format
+from oracle_cases import case_arrays as load
+from oracle_cases import case_net as net_param
+from oracle_cases import rel
 
-from rll_repro.caffe import caffe_pb2
 from rll_repro.layers.base import DIALECTS, BuildContext
 from rll_repro.layers.rll import (
     DistanceWeightedValidPairLossV12,
@@ -30,28 +29,13 @@ from rll_repro.layers.rll import (
     rll_v12_value_and_grad,
 )
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "losses"
 CASES = ["rll_bases", "rll_edge_duplicates", "rll_edge_no_violation", "rll_edge_single_class",
          "rll_inshop_tn12", "rll_sop_default", "rll_tp_nonzero"]
 TOL = 1e-6
 
 
-def net_param(case):
-    return text_format.Parse((FIXTURES / case / "net.prototxt").read_text(), caffe_pb2.NetParameter())
-
-
 def loss_param(case):
     return next(lp for lp in net_param(case).layer if lp.type == "DistanceWeightedValidPairLossV12")
-
-
-def load(case):
-    return dict(np.load(FIXTURES / case / "case.npz"))
-
-
-def rel(ours, ref):
-    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
-    scale = np.abs(ref).max()
-    return np.abs(ours - ref).max() / scale if scale else np.abs(ours).max()
 
 
 def build_net(case):

@@ -6,25 +6,14 @@ eps 1e-6, atol 1e-5, rtol 1e-3).
 """
 from __future__ import annotations
 
-from pathlib import Path
-
-import numpy as np
 import pytest
 import torch
+from oracle_cases import case_arrays as load
+from oracle_cases import rel
 
 from rll_repro.errors import DataError, RLLReproError
 from rll_repro.losses import OSMCAALoss, RankedListLoss
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "losses"
-
-
-def load(case):
-    return dict(np.load(FIXTURES / case / "case.npz"))
-
-
-def rel(ours, ref):
-    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
-    return np.abs(ours - ref).max() / np.abs(ref).max()
 
 
 def test_ranked_list_loss_returns_current_value_and_caffe_gradient_at_the_raw_input():
