@@ -49,33 +49,39 @@ class Convolution(Layer):
             raise fail(param, f"group {self.group} must divide channels {channels} and num_output {self.num_output}")
         self.channels = channels
         where = f"layer {param.name!r}"
-        wshape = (self.num_output, channels // self.group, *self.kernel)
+        wshape = self.weight_shape()
         self.blobs.append(nn.Parameter(fill(p.weight_filler if has(p, "weight_filler") else None, wshape, ctx.generator, where)))
         self.bias_term = bool(p.bias_term)
         if self.bias_term:
             self.blobs.append(nn.Parameter(fill(p.bias_filler if has(p, "bias_filler") else None, (self.num_output,), ctx.generator, where)))
+
+    def weight_shape(self) -> tuple[int, ...]:
+        """Caffe's convolution weight: (num_output, channels / group, kh, kw)."""
+        return (self.num_output, self.channels // self.group, *self.kernel)
+
+    def output_size(self, axis: int, in_size: int) -> int:
+        """Caffe's ConvolutionLayer::compute_output_shape for one spatial axis (rounded down)."""
+        extent = self.dilation[axis] * (self.kernel[axis] - 1) + 1
+        size = (in_size + 2 * self.pad[axis] - extent) // self.stride[axis] + 1
+        if size <= 0:
+            raise fail(self.param, f"kernel {self.kernel} does not fit the input size {in_size} on spatial axis {axis} with pad {self.pad}")
+        return size
+
+    def convolve(self, x, weight, bias):
+        return F.conv2d(x, weight, bias, self.stride, self.pad, self.dilation, self.group)
 
     def reshape(self, bottom_shapes):
         tops = []
         for shape in bottom_shapes:
             if len(shape) != 4 or shape[1] != self.channels:
                 raise fail(self.param, f"bottom shape {shape} does not match the layer's {self.channels} input channels")
-            out = [shape[0], self.num_output]
-            for i in range(2):
-                extent = self.dilation[i] * (self.kernel[i] - 1) + 1
-                size = (shape[2 + i] + 2 * self.pad[i] - extent) // self.stride[i] + 1
-                if size <= 0:
-                    raise fail(self.param, f"kernel {self.kernel} does not fit the {shape[2:]} input with pad {self.pad}")
-                out.append(size)
-            tops.append(tuple(out))
+            tops.append((shape[0], self.num_output, *(self.output_size(i, shape[2 + i]) for i in range(2))))
         return tops
 
     def forward(self, *bottoms):
         weight = self.blobs[0]
         bias = self.blobs[1] if self.bias_term else None
-        return tuple(
-            F.conv2d(x, weight, bias, self.stride, self.pad, self.dilation, self.group) for x in bottoms
-        )
+        return tuple(self.convolve(x, weight, bias) for x in bottoms)
 
 
 @register
@@ -87,32 +93,17 @@ class Deconvolution(Convolution):
 
     type_names = ("Deconvolution",)
 
-    def __init__(self, param, bottom_shapes, ctx):
-        super().__init__(param, bottom_shapes, ctx)
-        # Caffe's deconvolution weight is (channels, num_output / group, kh, kw)
-        p = param.convolution_param
-        wshape = (self.channels, self.num_output // self.group, *self.kernel)
-        where = f"layer {param.name!r}"
-        self.blobs[0] = nn.Parameter(fill(p.weight_filler if has(p, "weight_filler") else None, wshape, ctx.generator, where))
+    def weight_shape(self) -> tuple[int, ...]:
+        """Caffe's deconvolution weight: (channels, num_output / group, kh, kw)."""
+        return (self.channels, self.num_output // self.group, *self.kernel)
 
-    def reshape(self, bottom_shapes):
-        tops = []
-        for shape in bottom_shapes:
-            if len(shape) != 4 or shape[1] != self.channels:
-                raise fail(self.param, f"bottom shape {shape} does not match the layer's {self.channels} input channels")
-            out = [shape[0], self.num_output]
-            for i in range(2):
-                extent = self.dilation[i] * (self.kernel[i] - 1) + 1
-                size = self.stride[i] * (shape[2 + i] - 1) + extent - 2 * self.pad[i]
-                if size <= 0:
-                    raise fail(self.param, f"output size {size} is not positive")
-                out.append(size)
-            tops.append(tuple(out))
-        return tops
+    def output_size(self, axis: int, in_size: int) -> int:
+        """Caffe's DeconvolutionLayer::compute_output_shape for one spatial axis."""
+        extent = self.dilation[axis] * (self.kernel[axis] - 1) + 1
+        size = self.stride[axis] * (in_size - 1) + extent - 2 * self.pad[axis]
+        if size <= 0:
+            raise fail(self.param, f"output size {size} is not positive")
+        return size
 
-    def forward(self, *bottoms):
-        weight = self.blobs[0]
-        bias = self.blobs[1] if self.bias_term else None
-        return tuple(
-            F.conv_transpose2d(x, weight, bias, self.stride, self.pad, 0, self.group, self.dilation) for x in bottoms
-        )
+    def convolve(self, x, weight, bias):
+        return F.conv_transpose2d(x, weight, bias, self.stride, self.pad, 0, self.group, self.dilation)

@@ -115,10 +115,23 @@ class Split(Layer):
         return tuple(x for _ in self.param.top)
 
 
+class _BlobView(Layer):
+    """A layer whose top is the bottom's memory under another shape (Caffe's Reshape and Flatten:
+    top->ShareData/ShareDiff(bottom)); ``reshape`` sets ``top_shape`` for the bottom shape ``in_shape``."""
+
+    shares_bottom_memory = True
+    in_shape: tuple[int, ...] = ()
+    top_shape: tuple[int, ...] = ()
+
+    def forward(self, x):
+        if tuple(x.shape) != self.in_shape:
+            self.reshape([tuple(x.shape)])
+        return (x.reshape(self.top_shape),)
+
+
 @register
-class Reshape(Layer):
+class Reshape(_BlobView):
     type_names = ("Reshape",)
-    shares_bottom_memory = True  # Caffe: top->ShareData/ShareDiff(bottom): same data and diff memory
 
     def __init__(self, param, bottom_shapes, ctx):
         super().__init__(param, bottom_shapes, ctx)
@@ -166,16 +179,10 @@ class Reshape(Layer):
         self.in_shape = shape
         return [self.top_shape]
 
-    def forward(self, x):
-        if tuple(x.shape) != self.in_shape:
-            self.reshape([tuple(x.shape)])
-        return (x.reshape(self.top_shape),)
-
 
 @register
-class Flatten(Layer):
+class Flatten(_BlobView):
     type_names = ("Flatten",)
-    shares_bottom_memory = True
 
     def __init__(self, param, bottom_shapes, ctx):
         super().__init__(param, bottom_shapes, ctx)
@@ -191,11 +198,6 @@ class Flatten(Layer):
         self.top_shape = shape[:start] + (count(shape, start, end + 1),) + shape[end + 1:]
         self.in_shape = shape
         return [self.top_shape]
-
-    def forward(self, x):
-        if tuple(x.shape) != self.in_shape:
-            self.reshape([tuple(x.shape)])
-        return (x.reshape(self.top_shape),)
 
 
 @register

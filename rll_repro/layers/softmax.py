@@ -42,6 +42,16 @@ class Softmax(Layer):
         return (torch.softmax(x, dim=self.axis),)
 
 
+def _check_label_count(layer, bottom_shapes) -> tuple[int, ...]:
+    """Caffe's SoftmaxWithLoss/Accuracy Reshape check: one label per (outer, inner) position of the
+    scores (outer = dims before ``axis``, inner = dims after it). Returns the scores' shape."""
+    shape = tuple(bottom_shapes[0])
+    outer, inner = count(shape, 0, layer.axis), count(shape, layer.axis + 1)
+    if count(bottom_shapes[1]) != outer * inner:
+        raise fail(layer.param, f"label count {count(bottom_shapes[1])} must equal {outer}x{inner} for scores of shape {shape}")
+    return shape
+
+
 def _labels(layer, label: torch.Tensor, outer: int, inner: int) -> torch.Tensor:
     if label.numel() != outer * inner:
         raise DataError(
@@ -95,10 +105,7 @@ class SoftmaxWithLoss(Layer):
         self.reshape(bottom_shapes)
 
     def reshape(self, bottom_shapes):
-        shape = tuple(bottom_shapes[0])
-        outer, inner = count(shape, 0, self.axis), count(shape, self.axis + 1)
-        if count(bottom_shapes[1]) != outer * inner:
-            raise fail(self.param, f"label count {count(bottom_shapes[1])} must equal {outer}x{inner} for scores of shape {shape}")
+        shape = _check_label_count(self, bottom_shapes)
         tops = [()]
         if len(self.param.top) == 2:
             tops.append(shape)
@@ -144,10 +151,7 @@ class Accuracy(Layer):
         self.reshape(bottom_shapes)
 
     def reshape(self, bottom_shapes):
-        shape = tuple(bottom_shapes[0])
-        outer, inner = count(shape, 0, self.axis), count(shape, self.axis + 1)
-        if count(bottom_shapes[1]) != outer * inner:
-            raise fail(self.param, f"label count {count(bottom_shapes[1])} must equal {outer}x{inner} for scores of shape {shape}")
+        shape = _check_label_count(self, bottom_shapes)
         tops = [()]
         if len(self.param.top) == 2:
             tops.append((shape[self.axis],))
