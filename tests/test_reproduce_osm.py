@@ -81,3 +81,33 @@ def test_osm_setting_trains_on_data_cells_and_writes_recall_txt(osm):
     assert [line.split(",")[0] for line in lines] == ["iter: 2", "iter: 4"]
     # 15 test images: K up to 14 is defined, so rank16/rank32 are left out
     assert [p.split(":")[0].strip() for p in lines[0].split(",")[1:]] == ["rank1", "rank2", "rank4", "rank8"]
+
+
+@pytest.mark.slow
+def test_real_osm_cub_setting_one_iteration_at_batch_56(tmp_path):
+    """The released osm-cub setting itself (BN-Inception + weighted-softmax heads + OSM+CAA loss,
+    8 x 7 data-cell images at 224) for one iteration, then test_M on a tiny test cell. ~1 min."""
+    from rll_repro.matfile import savemat
+    from rll_repro.net import Net
+
+    rng = np.random.default_rng(0)
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    for split, classes, per in (("Train", range(1, 10), 7), ("Test", range(101, 104), 2)):
+        images, ids = [], []
+        for c in classes:
+            base = rng.normal(0, 40, 3)
+            for _ in range(per):
+                images.append((base + rng.normal(0, 20, (224, 224, 3))).astype(np.float32))
+                ids.append(c)
+        savemat(lists / f"CUB_200_2011_{split}ImageDataCell.mat",
+                {f"CUB_200_2011_{split}ImageDataCell": images, "class_ids": np.array(ids, float).reshape(-1, 1)})
+    weights = tmp_path / "init.caffemodel"
+    Net(str(recipes.path(recipes.get("osm-cub").train.path)), phase="train").save(str(weights))
+    out = tmp_path / "run"
+    code = cli.main(["reproduce", "osm-cub", "--lists", str(lists), "--weights", str(weights), "--out", str(out),
+                     "--max-iter", "1", "--test-batch", "4"])
+    assert code == 1  # far from the published numbers after one iteration
+    assert (out / "CUB_Recall.txt").read_text().startswith("iter: 1, rank1: ")
+    res = json.loads((out / "results" / "M_iter_1.json").read_text())
+    assert res["_meta"]["dims"] == 1024 and res["_meta"]["items"] == 6
