@@ -105,31 +105,6 @@ def filter_layers(net_param, phase: int, level: int, stages: Sequence[str]) -> l
     return kept
 
 
-def legacy_input_layer(net_param):
-    """Caffe's UpgradeNetInput: NetParameter.input + input_dim/input_shape -> an Input layer."""
-    if not len(net_param.input):
-        return None
-    pb = _caffe_pb2()
-    lp = pb.LayerParameter(name="input", type="Input")
-    names = list(net_param.input)
-    if len(net_param.input_shape):
-        shapes = [list(s.dim) for s in net_param.input_shape]
-    elif len(net_param.input_dim):
-        dims = list(net_param.input_dim)
-        if len(dims) != 4 * len(names):
-            raise NetError(f"net has {len(names)} legacy inputs but {len(dims)} input_dim values (need 4 per input)")
-        shapes = [dims[4 * i: 4 * i + 4] for i in range(len(names))]
-    else:
-        raise NetError("legacy net inputs need input_shape or input_dim")
-    if len(shapes) not in (1, len(names)):
-        raise NetError(f"net has {len(names)} legacy inputs but {len(shapes)} input shapes")
-    for name in names:
-        lp.top.append(name)
-    for dims in shapes:
-        lp.input_param.shape.add().dim.extend(int(d) for d in dims)
-    return lp
-
-
 def pick_dialect(layer_params, override: str | Dialect | None = None) -> Dialect:
     """The fork whose arithmetic applies: explicit, else "osm" if an OSM-only type (or the OSM fork's
     L1 Normalization) is used, else "rll"."""
@@ -302,9 +277,6 @@ class Net(nn.Module):
         level = int(level or (net_param.state.level if net_param.HasField("state") else 0))
         stages = list(stages) or (list(net_param.state.stage) if net_param.HasField("state") else [])
         layer_params = filter_layers(net_param, state_phase, level, stages)
-        legacy = legacy_input_layer(net_param)
-        if legacy is not None:
-            layer_params = [legacy] + layer_params
         self.dialect = pick_dialect(layer_params, dialect)
         self.force_backward = bool(net_param.force_backward)
         generator = None
