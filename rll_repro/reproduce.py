@@ -33,7 +33,9 @@ from rll_repro.errors import DataError
 SNAPSHOT_DIR = "checkpoints1"      # the RLL scripts' folder name
 SNAPSHOT_NAME = "checkpoint"       # checkpoint_iter_<N>.caffemodel
 RETRIEVAL = ("sop", "inshop", "cars", "cub")
-SUPPORTED_PROTOCOLS = (*RETRIEVAL, "market")
+VIDEO = ("mars", "lpw")
+SUPPORTED_PROTOCOLS = (*RETRIEVAL, "market", *VIDEO)
+LPW_PROBE = 756                    # LPW: the first 756 test tracklets (camera 2) are the probes
 REFERENCE_CROP = 227               # the RLL transforms: resize to 256, crop 227
 
 
@@ -46,14 +48,15 @@ class Inputs:
     train_list: Path
     test_list: Path
     data_root: str | None
+    query_idx: Path | None = None   # MARS query_IDX.mat
 
 
 def check_inputs(setting, *, lists_dir, data_root=None, weights=None, need_weights: bool = True,
                  check_images: bool = True) -> Inputs:
     """Every file the run needs, checked before any work (one-line DataError otherwise)."""
     if setting.eval_protocol not in SUPPORTED_PROTOCOLS:
-        raise DataError(f"setting {setting.name}: the {setting.eval_protocol} protocol (video tracklets) "
-                        f"is not wired into reproduce yet; supported: {', '.join(SUPPORTED_PROTOCOLS)}")
+        raise DataError(f"setting {setting.name}: the {setting.eval_protocol} protocol is not wired into "
+                        f"reproduce; supported: {', '.join(SUPPORTED_PROTOCOLS)}")
     if need_weights and not weights:
         raise DataError(f"setting {setting.name} needs --weights ({setting.pretrained_weights})")
     if weights and not Path(weights).is_file():
@@ -64,19 +67,25 @@ def check_inputs(setting, *, lists_dir, data_root=None, weights=None, need_weigh
     lists = Path(lists_dir)
     if not lists.is_dir():
         raise DataError(f"--lists {lists}: not a folder (it must hold {', '.join(setting.data_files)})")
-    missing = [name for name in setting.data_files[:2] if not (lists / name).is_file()]
+    missing = [name for name in setting.data_files if not (lists / name).is_file()]
     if missing:
         raise DataError(f"--lists {lists}: missing {', '.join(missing)} (setting {setting.name} needs "
                         f"{', '.join(setting.data_files)}; make them with rll-repro make-lists)")
     if data_root is not None and not Path(data_root).is_dir():
         raise DataError(f"--data-root {data_root}: not a folder")
     inputs = Inputs(Path(weights) if weights else None, lists / setting.data_files[0],
-                    lists / setting.data_files[1], str(data_root) if data_root is not None else None)
+                    lists / setting.data_files[1], str(data_root) if data_root is not None else None,
+                    lists / setting.data_files[2] if len(setting.data_files) > 2 else None)
     if check_images:
         try:
             train_list(setting, inputs).check_images()
             if setting.eval_protocol in RETRIEVAL:
                 test_list(setting, inputs).check_images()
+            elif setting.eval_protocol in VIDEO:
+                from rll_repro.data.lists import check_images_exist
+
+                tr = tracklets(inputs.test_list, inputs.data_root, "test")
+                check_images_exist([p for f in tr.frames for p in f], str(inputs.test_list))
             else:
                 from rll_repro.data.lists import check_images_exist
 
@@ -97,7 +106,24 @@ def _load_list(path: str, data_root: str | None):
     return loader.resolve_source(path, data_root=data_root)
 
 
+@functools.lru_cache(maxsize=4)
+def _load_tracklets(path: str, data_root: str | None, split: str):
+    from rll_repro.data import lists
+
+    return lists.load_tracklets(path, split, data_root=data_root)
+
+
+def tracklets(path, data_root, split: str):
+    """MARS/LPW tracklet list (frames per tracklet, labels, cameras)."""
+    return _load_tracklets(str(path), data_root, split)
+
+
 def train_list(setting, inputs: Inputs):
+    """The training images as an ImageList (video settings: every frame, tracklet by tracklet, with
+    the fed label: MARS its stored label, LPW label - 1, osm SPEC §9)."""
+    if setting.eval_protocol in VIDEO:
+        tr = tracklets(inputs.train_list, inputs.data_root, "train")
+        return tr.frame_list(feed_stored_labels=setting.eval_protocol == "mars")
     return _load_list(str(inputs.train_list), inputs.data_root)
 
 
@@ -142,15 +168,26 @@ class SettingBatchSource:
     """The setting's sampler + train transform over its list, shaped as the train net's inputs
     (labels ``N`` or ``N x 1 x 1 x 1``; OSM's ``image_attention`` input all ones, as train.m)."""
 
-    def __init__(self, setting, image_list, net, *, seed: int | None = None, workers: int = 0):
+    def __init__(self, setting, image_list, net, *, seed: int | None = None, workers: int = 0,
+                 frames_per_tracklet=None):
         from rll_repro.data import loader, samplers
 
-        if setting.sampler == "TrackletBatchSampler":
-            raise DataError(f"setting {setting.name}: video (tracklet) training is not wired yet")
         sampler_cls = getattr(samplers, setting.sampler)
         seed = setting.seed if seed is None else seed
-        sampler = sampler_cls(image_list.class_ids, setting.classes_per_batch, setting.images_per_class,
-                              seed=seed, num_iterations=None)  # endless: --max-iter may pass the setting's
+        self.frames = None
+        if setting.sampler == "TrackletBatchSampler":  # endless samplers: --max-iter may pass the setting's
+            if frames_per_tracklet is None:
+                raise DataError(f"setting {setting.name}: the tracklet sampler needs the tracklets' frame counts")
+            counts = np.asarray(frames_per_tracklet)
+            first = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+            labels = image_list.class_ids[first]  # one class id per tracklet
+            sampler = sampler_cls(labels, counts, ids_per_batch=setting.classes_per_batch,
+                                  tracklets_per_id=setting.tracklets_per_class,
+                                  frames=setting.frames_per_tracklet, seed=seed, num_iterations=None)
+            self.frames = int(setting.frames_per_tracklet)
+        else:
+            sampler = sampler_cls(image_list.class_ids, setting.classes_per_batch, setting.images_per_class,
+                                  seed=seed, num_iterations=None)
         self.loader = loader.make_train_loader(image_list, sampler, train_transform(setting),
                                                num_workers=workers)
         self.shapes = {name: tuple(net.blobs[name].shape) for name in net.inputs}
@@ -176,7 +213,10 @@ class SettingBatchSource:
                "label": np.asarray(labels, np.float32).reshape(self.shapes["label"])}
         if out["data"].shape[1:] != self.shapes["data"][1:]:
             raise DataError(f"train images are {out['data'].shape[1:]} but the net takes {self.shapes['data'][1:]}")
-        for name, shape in self.shapes.items():
+        if "tracklet_label" in self.shapes and self.frames:  # one label per tracklet (its first frame's)
+            per = np.asarray(labels, np.float32).reshape(-1, self.frames)[:, 0]
+            out["tracklet_label"] = per.reshape(self.shapes["tracklet_label"])
+        for name, shape in self.shapes.items():  # image_attention, tracklet_attention: ones (train.m)
             if name not in out:
                 out[name] = np.ones(shape, np.float32)
         return out
@@ -209,7 +249,11 @@ def train(setting, inputs: Inputs, out, *, max_iter: int | None = None, extra_sa
     prefix = snapshot_prefix(out)
     prefix.parent.mkdir(parents=True, exist_ok=True)
     solver = get_solver(str(recipes.path(setting.solver.path)))
-    source = SettingBatchSource(setting, train_list(setting, inputs), solver.net, seed=seed, workers=workers)
+    counts = None
+    if setting.eval_protocol in VIDEO:
+        counts = [len(f) for f in tracklets(inputs.train_list, inputs.data_root, "train").frames]
+    source = SettingBatchSource(setting, train_list(setting, inputs), solver.net, seed=seed, workers=workers,
+                                frames_per_tracklet=counts)
     solver.state_hooks["batch_source"] = (source.state_dict, source.load_state_dict)
     target = int(max_iter if max_iter is not None else setting.max_iter)
     schedule = Schedule(max_iter=target, output_interval=20, save_start=setting.save_start,
@@ -268,6 +312,10 @@ def eval_iterations(setting, deploy, final_iter: int, *, checkpoints=None, eval_
 
 def result_file_name(setting, deploy) -> str:
     """The original result file of a deploy (rll SPEC §5, §8.2; osm SPEC §6, §10.1)."""
+    if setting.eval_protocol == "mars":
+        return "without_minus1_AVG.txt"
+    if setting.eval_protocol == "lpw":
+        return "LPW_TEST_AF.txt"
     if setting.paper == "osm_caa":
         return "CUB_Recall.txt" if setting.eval_protocol == "cub" else "Recall.txt"
     stem = Path(deploy.file.path).stem
@@ -315,6 +363,21 @@ def evaluate_checkpoint(setting, deploy, model, inputs: Inputs, *, batch_size: i
         meta = {"items": int(feats.shape[0]), "dims": int(feats.shape[1])}
         if protocol == "inshop":
             meta.update(queries=int(q.sum()), gallery=int((~q).sum()))
+    elif protocol in VIDEO:  # tracklet feature = mean of its frames' features
+        tr = tracklets(inputs.test_list, inputs.data_root, "test")
+        flat = [p for f in tr.frames for p in f]
+        owner = np.repeat(np.arange(len(tr.frames)), [len(f) for f in tr.frames])
+        src = loader.resolve_source({"paths": flat, "class_ids": np.ones(len(flat), np.int64)})
+        feats = metrics.tracklet_features(features(src, f"{deploy.name} frames"), owner)
+        if protocol == "mars":
+            if tr.cameras is None:
+                raise DataError(f"{inputs.test_list}: no test_cameras (MARS needs cameras)")
+            from rll_repro.data.lists import load_query_idx
+
+            result = metrics.mars(feats, tr.labels, tr.cameras, load_query_idx(inputs.query_idx))
+        else:
+            result = metrics.lpw(feats, tr.labels, n_probe=LPW_PROBE)
+        meta = {"tracklets": int(len(feats)), "dims": int(feats.shape[1])}
     else:  # market
         ev = market_evaluation(inputs)
 
@@ -353,7 +416,13 @@ def result_lines(setting, iteration: int, result: dict) -> str:
                 lines.append(f"{indent}{text}: mAP = {_fraction(result[key + '/mAP'], 6)}, "
                              f"r1 precision = {_fraction(result[key + '/R@1'], 6)}")
         return "\n".join(lines) + "\n"
-    pairs = [f"rank{k}: {_fraction(result[f'R@{k}'], 3)}" for k in setting.recall_ks if f"R@{k}" in result]
+    if setting.eval_protocol == "lpw":  # LPW_TEST_AF.txt
+        pairs = [f"rank{k}:{_fraction(result[f'R@{k}'], 6)}" for k in setting.recall_ks if f"R@{k}" in result]
+        return f"split_index:1,iter:{iteration}, " + ",".join(pairs) + "\n"
+    digits = 6 if setting.eval_protocol == "mars" else 3
+    pairs = [f"rank{k}: {_fraction(result[f'R@{k}'], digits)}" for k in setting.recall_ks if f"R@{k}" in result]
+    if setting.eval_protocol == "mars" and "mAP" in result:  # without_minus1_AVG.txt
+        pairs.append(f"mAP: {_fraction(result['mAP'], 6)}")
     return ", ".join([f"iter: {iteration}", *pairs]) + "\n"
 
 

@@ -64,3 +64,16 @@ def test_osm_published_entry_of_the_repo_snapshot():
     assert published_key(m, 10000) == "osm_caa/CARS196/OSM+CAA (Ours) [raw images]"
     market = recipes.get("rll-market")
     assert published_key(market.deploy("concat"), 5000).endswith("/iter5000")
+
+
+def test_video_result_files_are_the_originals_and_read_back():
+    mars, lpw = recipes.get("osm-mars"), recipes.get("osm-lpw")
+    assert result_file_name(mars, mars.deploys[0]) == "without_minus1_AVG.txt"
+    assert result_file_name(lpw, lpw.deploys[0]) == "LPW_TEST_AF.txt"
+    scores = {"R@1": 84.7475, "R@5": 93.0, "R@10": 95.0, "R@20": 96.5}
+    line = result_lines(mars, 60000, {**scores, "mAP": 72.3538})
+    assert line == "iter: 60000, rank1: 0.847475, rank5: 0.930000, rank10: 0.950000, rank20: 0.965000, mAP: 0.723538\n"
+    line = result_lines(lpw, 55000, scores)
+    assert line.startswith("split_index:1,iter:55000, rank1:0.847475,rank5:0.930000")
+    record = parse_text(line)[0]
+    assert record.iter == 55000 and record.extra == {"split_index": 1} and record.metrics == scores

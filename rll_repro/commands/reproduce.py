@@ -28,8 +28,9 @@ all in the run folder --out:
      Record_concat.txt);
   4. print the last evaluated checkpoint of each deploy next to its published numbers; exit code 1
      when any metric differs by more than --tolerance points.
-Supported: rll-sop, rll-inshop, rll-market, osm-cars(-bbox), osm-cub(-bbox); the video settings
-(osm-mars, osm-lpw) are not wired yet.
+Every paper setting is wired: rll-sop, rll-inshop, rll-market, osm-cars(-bbox), osm-cub(-bbox),
+osm-mars and osm-lpw (tracklet frames preprocessed on the fly, tracklet feature = mean of frames;
+MARS also needs query_IDX.mat in --lists; result files without_minus1_AVG.txt / LPW_TEST_AF.txt).
 
 examples:
   rll-repro reproduce digits
