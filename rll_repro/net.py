@@ -289,8 +289,13 @@ class Net(nn.Module):
         self._steps: list[_Step] = []
         self._blob_shapes: "OrderedDict[str, tuple]" = OrderedDict()
         self.inputs: list[str] = []
-        self._build(layer_params)
-        self._setup_params()
+        try:
+            self._build(layer_params)
+            self._setup_params()
+        except NetError as exc:  # name the prototxt: "net.prototxt: layer 'fc' (type ...): ..."
+            if self.source is None or str(exc).startswith(self.source):
+                raise
+            raise NetError(f"{self.source}: {exc}") from exc
         self._data: dict[str, torch.Tensor] = {}
         self._diff: dict[str, torch.Tensor] = {}
         for name in self.inputs:

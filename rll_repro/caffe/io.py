@@ -124,9 +124,9 @@ def _binary_kind(data: bytes) -> tuple[str | None, str | None]:
 
 
 def _not_protobuf_reason(data: bytes) -> str:
-    for magic, what in _MAGIC:
-        if data.startswith(magic):
-            return what
+    other = _known_other_format(data)
+    if other is not None:
+        return other
     _, problem = _binary_kind(data)
     if problem is not None:
         return f"not a Caffe protobuf file ({problem})"
@@ -138,12 +138,18 @@ def _is_binary(data: bytes) -> bool:
     return b"\x00" in data or not _is_utf8(data)
 
 
-def _looks_like_text(data: bytes) -> bool:
+def _looks_like_text(data: bytes, share: float = 0.9) -> bool:
+    """No NUL and at least ``share`` printable ASCII in the first 4 KiB."""
     head = data[:4096]
     if b"\x00" in head:
         return False
     printable = sum(32 <= b < 127 or b in (9, 10, 13) for b in head)
-    return printable >= 0.9 * len(head)
+    return printable >= share * len(head)
+
+
+def _known_other_format(data: bytes) -> str | None:
+    """What the file is by its magic bytes (PNG, .mat, .npz, ...), or None."""
+    return next((what for magic, what in _MAGIC if data.startswith(magic)), None)
 
 
 def detect_kind(path) -> str:
@@ -155,6 +161,9 @@ def detect_kind(path) -> str:
     data = path.read_bytes()
     if not data:
         raise FormatError(f"{path}: empty file")
+    other = _known_other_format(data)
+    if other is not None:
+        raise FormatError(f"{path}: {other}, not a Caffe file")
     kind, _ = _binary_kind(data)
     if kind is not None and _is_binary(data):
         return kind
@@ -177,7 +186,7 @@ def detect_kind(path) -> str:
         raise solver_error if looks_solver else net_error
     if kind is not None:
         return kind
-    if b"\x00" not in data[:4096]:
+    if _looks_like_text(data, share=0.7):  # mostly ASCII: text in another encoding (GBK, Latin-1)
         _decode_text(data, path)  # raises the encoding error with line:column
     raise FormatError(f"{path}: {_not_protobuf_reason(data)}")
 

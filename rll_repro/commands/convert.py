@@ -69,6 +69,9 @@ def run(args) -> int:
         raise FormatError(f"{args.output}: cannot convert to '{dst or args.output}' files "
                           "(use .caffemodel, .npz, .pt or .prototxt)")
 
+    if args.net and not (dst == ".caffemodel" and src != ".caffemodel"):
+        raise FormatError(f"{args.net}: --net is only used when writing a caffemodel from .npz/.pt weights "
+                          f"(this converts {src} -> {dst})")
     if src == ".caffemodel" and dst == ".caffemodel":
         net = caffe_io.read_caffemodel(args.input)
         caffe_io.write_caffemodel(args.output, net)
@@ -92,21 +95,16 @@ def run(args) -> int:
 
 def load_weights(path) -> "dict[str, list]":
     """{layer: [arrays]} from a caffemodel, an .npz or a .pt with '<layer>/<i>' keys."""
-    import numpy as np
-
     from rll_repro.caffe import io as caffe_io
     from rll_repro.caffe.weights import weights_from_net
     from rll_repro.errors import FormatError
+    from rll_repro.fileio import read_npz
 
     ext = _ext(path)
     if ext == ".caffemodel":
         return weights_from_net(caffe_io.read_caffemodel(path), where=str(path))
     if ext == ".npz":
-        try:
-            with np.load(path, allow_pickle=False) as archive:
-                flat = {key: archive[key] for key in archive.files}
-        except (OSError, ValueError) as exc:
-            raise FormatError(f"{path}: not a readable .npz ({exc})") from None
+        flat = read_npz(path, "weights")
     else:
         import torch
 

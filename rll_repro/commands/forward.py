@@ -45,25 +45,22 @@ def run(args) -> int:
     import numpy as np
 
     from rll_repro.errors import DataError
-    from rll_repro.fileio import atomic_write_bytes
+    from rll_repro.fileio import atomic_write_bytes, read_npz
     from rll_repro.net import Net
 
     net = Net(args.net, weights=args.weights, phase=args.phase, seed=args.seed, dialect=args.dialect)
-    try:
-        archive = np.load(args.inputs)
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{args.inputs}: cannot read inputs ({exc})") from None
+    archive = read_npz(args.inputs, "net inputs")
     inputs, top_diffs = {}, {}
-    for key in archive.files:
+    for key, array in archive.items():
         if key.startswith("topdiff/"):
-            top_diffs[key[len("topdiff/"):]] = archive[key]
+            top_diffs[key[len("topdiff/"):]] = array
         else:
             name = key[len("input/"):] if key.startswith("input/") else key
             if name in net.inputs:
-                inputs[name] = archive[key]
+                inputs[name] = array
     missing = [n for n in net.inputs if n not in inputs]
     if missing:
-        raise DataError(f"{args.inputs}: no array for input blob(s) {', '.join(missing)} (has: {', '.join(archive.files)})")
+        raise DataError(f"{args.inputs}: no array for input blob(s) {', '.join(missing)} (has: {', '.join(archive)})")
     out = {}
     for layer, blobs in net.params.items():  # as loaded, before Forward (BatchNorm's sums change in it)
         for i, blob in enumerate(blobs):
