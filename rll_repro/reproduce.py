@@ -229,6 +229,15 @@ class SettingBatchSource:
         self._next = None
 
 
+def batch_source(setting, inputs: Inputs, net, *, seed=None, workers: int = 0) -> SettingBatchSource:
+    """The setting's training batches over ``inputs.train_list`` for ``net`` (used by ``train`` too)."""
+    counts = None
+    if setting.eval_protocol in VIDEO:
+        counts = [len(f) for f in tracklets(inputs.train_list, inputs.data_root, "train").frames]
+    return SettingBatchSource(setting, train_list(setting, inputs), net, seed=seed, workers=workers,
+                              frames_per_tracklet=counts)
+
+
 def snapshot_prefix(out) -> Path:
     return Path(out) / SNAPSHOT_DIR / SNAPSHOT_NAME
 
@@ -249,11 +258,7 @@ def train(setting, inputs: Inputs, out, *, max_iter: int | None = None, extra_sa
     prefix = snapshot_prefix(out)
     prefix.parent.mkdir(parents=True, exist_ok=True)
     solver = get_solver(str(recipes.path(setting.solver.path)))
-    counts = None
-    if setting.eval_protocol in VIDEO:
-        counts = [len(f) for f in tracklets(inputs.train_list, inputs.data_root, "train").frames]
-    source = SettingBatchSource(setting, train_list(setting, inputs), solver.net, seed=seed, workers=workers,
-                                frames_per_tracklet=counts)
+    source = batch_source(setting, inputs, solver.net, seed=seed, workers=workers)
     solver.state_hooks["batch_source"] = (source.state_dict, source.load_state_dict)
     target = int(max_iter if max_iter is not None else setting.max_iter)
     schedule = Schedule(max_iter=target, output_interval=20, save_start=setting.save_start,

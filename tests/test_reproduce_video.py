@@ -113,3 +113,11 @@ def test_mars_setting_trains_on_tracklets_and_writes_the_avg_file(mars, monkeypa
     assert result["_meta"]["tracklets"] == 7 and "mAP" in result
     line = (mars["out"] / "without_minus1_AVG.txt").read_text()
     assert line.startswith("iter: 2, rank1: ") and ", mAP: " in line
+
+
+def test_train_command_runs_a_video_setting(mars, tmp_path):
+    nets = mars["weights"].parent / "prototxt"
+    code = cli.main(["train", "--solver", str(nets / "solver.prototxt"), "--weights", str(mars["weights"]),
+                     "--data", NAME, "--data-root", str(mars["root"]), "--lists", str(mars["lists"]),
+                     "--max-iter", "1", "--out", str(tmp_path / "t"), "--quiet", "--threads", "1"])
+    assert code == 0 and (tmp_path / "t" / "checkpoint_iter_1.caffemodel").is_file()

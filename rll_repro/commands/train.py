@@ -87,8 +87,7 @@ def _batch_source(args, solver):
         raise DataError(f"--data-root {args.data_root}: not a folder")
     inputs = reproduce.Inputs(None, train_list, train_list, args.data_root)
     reproduce.train_list(setting, inputs).check_images()
-    source = reproduce.SettingBatchSource(setting, reproduce.train_list(setting, inputs), solver.net,
-                                          seed=args.seed, workers=args.workers)
+    source = reproduce.batch_source(setting, inputs, solver.net, seed=args.seed, workers=args.workers)
     return source, {"save_start": setting.save_start, "save_interval": setting.save_interval,
                     "max_iter": setting.max_iter}
 
