@@ -43,7 +43,7 @@ from typing import Callable, Mapping
 import numpy as np
 import torch
 
-from rll_repro.errors import FormatError, RLLReproError, TrainingError
+from rll_repro.errors import DataError, FormatError, RLLReproError, TrainingError
 from rll_repro.lr_policy import learning_rate
 
 f32 = np.float32
@@ -219,6 +219,10 @@ class Solver:
         if not inputs:
             return
         for name, value in inputs.items():
+            if name not in self.net.blobs:
+                where = f" {self.net.source}" if getattr(self.net, "source", None) else ""
+                raise DataError(f"the batches feed blob {name!r}, which the net{where} does not have "
+                                f"(its input blobs: {', '.join(self.net.inputs) or 'none'})")
             blob = self.net.blobs[name]
             value = np.asarray(value, dtype=np.float32)
             if tuple(blob.shape) != value.shape:
