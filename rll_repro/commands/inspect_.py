@@ -48,18 +48,22 @@ def add_shape_arguments(parser) -> None:
                         help="with --shapes: the phase whose layers are built (default test)")
 
 
-def shape_section(net_param, args) -> dict | None:
-    """{"blob_shapes": {blob: [dims]}} when --shapes is given: Caffe's Reshape through the built net."""
+def shape_section(net_param, args, where: str) -> dict | None:
+    """{"blob_shapes": {blob: [dims]}} when --shapes is given: Caffe's Reshape through the built net.
+    Build errors name ``where`` (the inspected file)."""
     if not getattr(args, "shapes", False):
         if getattr(args, "input_shape", None):
             from rll_repro.errors import RLLReproError
 
             raise RLLReproError("--input-shape needs --shapes")
         return None
-    from rll_repro.errors import RLLReproError
+    from rll_repro.errors import NetError, RLLReproError
     from rll_repro.net import Net
 
-    net = Net(net_param, phase=args.phase, seed=0)
+    try:
+        net = Net(net_param, phase=args.phase, seed=0)
+    except NetError as exc:
+        raise NetError(f"{where}: {exc}") from exc
     for spec in args.input_shape:
         name, _, dims = spec.partition("=")
         try:
@@ -89,7 +93,7 @@ def run(args) -> int:
     report = {"kind": kind, "file": str(path), "bytes": path.stat().st_size}
     if kind in ("net_prototxt", "caffemodel"):
         report.update(net_report(message, raw_path=path, kind=kind))
-        extra = shape_section(message, args)
+        extra = shape_section(message, args, str(path))
         if extra:
             report.update(extra)
     elif kind == "solver_prototxt":
