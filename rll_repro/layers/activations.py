@@ -16,6 +16,8 @@ from rll_repro.layers.registry import register
 
 
 class _Neuron(Layer):
+    """Caffe's NeuronLayer: one bottom, one top of the same shape (elementwise; in-place allowed)."""
+
     def __init__(self, param, bottom_shapes, ctx):
         super().__init__(param, bottom_shapes, ctx)
         check_bottoms(param, bottom_shapes, 1)

@@ -32,7 +32,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from rll_repro.layers._pairwise import F64, PairGeometry, labels_equal, sum64
+from rll_repro.layers._pairwise import F64, PairGeometry, labels_equal
 from rll_repro.layers._util import check_bottoms, check_tops, fail, has
 from rll_repro.layers.base import Layer
 from rll_repro.layers.registry import register
@@ -211,6 +211,9 @@ def _layer_params(param, cvpr19: bool) -> RLLParams:
 
 
 class _Sink:
+    """Where backward leaves the new loss value for ``after_backward`` (the RLL fork writes the top
+    data in Backward_cpu, so the top lags one pass: SPEC rll §1.4)."""
+
     value: torch.Tensor | None = None
 
 

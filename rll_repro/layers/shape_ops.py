@@ -1,4 +1,4 @@
-"""Layers that only move data: Concat, Slice, Split, Reshape, Flatten, Silence.
+"""Layers that only move data: Concat, Slice, Split, Reshape, Flatten, Silence, Tile.
 
 - Concat: tops joined along ``axis`` (default 1; legacy ``concat_dim``); all other dims must agree.
 - Slice: the bottom cut along ``axis`` (legacy ``slice_dim``) at ``slice_point``s, or into equal
