@@ -367,14 +367,3 @@ def load_query_idx(path) -> np.ndarray:
     if not isinstance(arr, np.ndarray):
         raise DataError(f"{path}: query_IDX must be numeric")
     return arr.ravel().astype(np.int64) - 1
-
-
-def is_matfile(path) -> bool:
-    """True for a v5 or v7.3 .mat file (header check only)."""
-    from rll_repro.matfile import mat_version
-
-    try:
-        mat_version(path)
-        return True
-    except (FormatError, OSError):
-        return False
