@@ -119,3 +119,15 @@ def test_annealed_members_are_used_by_the_next_backward():
     layer = DistanceWeightedValidPairLossV12(lp, [(8, 4, 1, 1), (8,)], BuildContext(dialect=DIALECTS["rll"]))
     anneal_toward_solver_targets(layer, solver(max_iter=1, n_temperature=2.0), 0)
     assert layer.params == RLLParams(scale_n=float(np.float32(10 - np.float32(8) / 2)))
+
+
+def test_annealing_holds_the_targets_past_max_iter():
+    """At it == max_iter the formula lands on the target; past it Caffe's divisor would be 0
+    (NaN members). Training past max_iter (reproduce --max-iter) must keep finite targets."""
+    lp = v12_param(softmax_t_n_param__scale=12.0)
+    layer = DistanceWeightedValidPairLossV12(lp, [(6, 4, 1, 1), (6,)], BuildContext())
+    sp = solver(max_iter=3, n_temperature=10.0)
+    for it in range(6):
+        anneal_toward_solver_targets(layer, sp, it)
+    assert layer.params.scale_n == 10.0
+    assert all(np.isfinite(v) for v in vars(layer.params).values() if isinstance(v, float))

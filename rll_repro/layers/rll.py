@@ -300,11 +300,17 @@ def anneal_toward_solver_targets(layer, solver_param, it: int) -> bool:
 
     Moves negative_threshold, pn_margin, T_p, T_n in float32: x <- x - (x - target) /
     (max_iter - it + 1). base_p/base_n are never annealed. Returns False (and does nothing) when
-    ``layer`` is not a V12 layer (the CVPR-era layer had no solver fields).
+    ``layer`` is not a V12 layer (the CVPR-era layer had no solver fields) or ``it`` is past
+    max_iter (where the formula would divide by zero).
     """
     if type(layer) is not DistanceWeightedValidPairLossV12:
         return False
-    steps = f32(int(solver_param.max_iter) - int(it) + 1)
+    remaining = int(solver_param.max_iter) - int(it) + 1
+    if remaining < 1:
+        # Past max_iter (Caffe's Solve stops before; `reproduce --max-iter` may go on): the schedule
+        # reached its targets at it == max_iter; Caffe's formula would divide by zero (NaN/inf).
+        return False
+    steps = f32(remaining)
     updates = {}
     for solver_field, member, default in _ANNEALED:
         target = f32(getattr(solver_param, solver_field, default))
