@@ -31,7 +31,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--nmi", action="store_true", help="also NMI and F1 by k-means")
     parser.add_argument("--seed", type=int, default=0, help="k-means random_state (default 0)")
     parser.add_argument("--n-init", type=int, default=10, help="k-means restarts (default 10)")
-    parser.add_argument("--block-rows", type=int, default=512, help="rows per similarity block (memory)")
+    parser.add_argument("--block-rows", type=int, default=2048, help="rows per similarity block (memory)")
     parser.add_argument("--out", required=True, help="RESULTS.json to write")
 
 
