@@ -112,11 +112,15 @@ CASES = [
     ("train", "net as solver", ["--solver", "net.prototxt"], "net.prototxt", "not a solver prototxt"),
     ("train", "solver's net missing", ["--solver", "solver_no_net.prototxt"], "absent.prototxt", "No such file"),
     ("train", "unknown layer", ["--solver", "solver_unknown.prototxt"], "unknown.prototxt", "unknown layer type 'Wibble'"),
-    ("train", "truncated weights", ["--solver", "solver.prototxt", "--weights", "truncated.caffemodel"],
+    ("train", "truncated weights", ["--solver", "solver.prototxt", "--data=digits", "--weights", "truncated.caffemodel"],
      "truncated.caffemodel", "truncated"),
-    ("train", "shape mismatch", ["--solver", "solver.prototxt", "--weights", "mismatch.caffemodel", "--out", "run"],
+    ("train", "shape mismatch", ["--solver", "solver.prototxt", "--data=digits", "--weights", "mismatch.caffemodel", "--out", "run"],
      "mismatch.caffemodel", "does not match the net's (5, 8)"),
-    ("train", "batches feed a blob the net lacks", ["--solver", "solver.prototxt", "--out", "run"],
+    ("train", "a solver of no known setting without --data", ["--solver", "solver.prototxt", "--out", "run"],
+     "solver.prototxt", "not the solver of a known setting"),
+    ("train", "digits batches with a list", ["--solver", "solver.prototxt", "--data=digits", "--list", "foo.mat"],
+     "--list", "takes no --list"),
+    ("train", "batches feed a blob the net lacks", ["--solver", "solver.prototxt", "--data=digits", "--out", "run"],
      "net.prototxt", "feed blob 'label'"),
     ("eval", "missing net", _eval(net="absent.prototxt"), "absent.prototxt", "No such file"),
     ("eval", "unknown layer", _eval(net="unknown.prototxt"), "unknown.prototxt", "unknown layer type 'Wibble'"),
@@ -136,6 +140,8 @@ CASES = [
     ("diff", "empty", ["empty.prototxt", "--against", "rll/SOP/paper/RLL-H"], "empty.prototxt", "not a JSON results file"),
     ("diff", "png", ["image.png", "--against", "rll/SOP/paper/RLL-H"], "image.png", "not a JSON results file"),
     ("reproduce", "unknown setting", ["no-such-setting"], "no-such-setting", "unknown setting"),
+    ("reproduce", "digits with truncated weights", ["digits", "--weights", "truncated.caffemodel", "--out", "rep"],
+     "truncated.caffemodel", "truncated"),
     ("reproduce", "missing lists folder", ["rll-sop", "--weights", "good.caffemodel", "--lists", "absent", "--out", "rep"],
      "absent", "not a folder"),
     ("make-lists", "missing root", ["sop", "absent", "out.mat"], "absent", "dataset folder does not exist"),
@@ -150,7 +156,7 @@ CASES = [
 
 def _resolve(argv, folder: Path) -> list[str]:
     """Bare names that are not options, verbs' choices or keys become paths in `folder`."""
-    keep = {"sop", "cars", "rll-sop", "no-such-setting", "rll/SOP/paper/RLL-H"}
+    keep = {"sop", "cars", "rll-sop", "digits", "no-such-setting", "rll/SOP/paper/RLL-H"}
     out, previous = [], None
     for arg in argv:
         is_value_of_choice = previous in ("--protocol",)

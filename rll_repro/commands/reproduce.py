@@ -49,7 +49,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--max-iter", type=int, help="train fewer iterations than the setting's max_iter")
     parser.add_argument("--data-root", help="paper settings: folder the lists' image paths are relative to")
     parser.add_argument("--lists", help="paper settings: folder holding the setting's .mat lists")
-    parser.add_argument("--weights", help="paper settings: ImageNet BN-Inception googlenet_bn.caffemodel")
+    parser.add_argument("--weights", help="caffemodel to start from (paper settings: the ImageNet BN-Inception "
+                        "googlenet_bn.caffemodel; digits: optional, default the fillers)")
     parser.add_argument("--checkpoints", help="paper settings: comma-separated iterations to evaluate "
                         "(default: the original test script's, or the last iteration)")
     parser.add_argument("--eval-every", type=int, help="paper settings: evaluate every N iterations instead")
@@ -90,7 +91,7 @@ def run(args) -> int:
     started = time.monotonic()
     print(f"reproduce digits: training RLL on scikit-learn digits (classes 0-4), run folder {out}", file=sys.stderr)
     results = digits.run(out, max_iter=args.max_iter, seed=digits.SEED if args.seed is None else args.seed,
-                         echo_log=args.verbose)
+                         echo_log=args.verbose, weights=args.weights)
     print(digits.report(results))
     print(f"run folder: {out} (train.log, curves.png, {results['model']}, results.json); "
           f"{time.monotonic() - started:.1f} s")

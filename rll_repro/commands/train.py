@@ -38,7 +38,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--solver", required=True, help="solver prototxt")
     parser.add_argument("--weights", help="caffemodel to initialise from (copy by layer name)")
     parser.add_argument("--snapshot", help="solverstate to resume from")
-    parser.add_argument("--data", default="digits", help="batch source: digits, a paper setting name, or none (default digits)")
+    parser.add_argument("--data", help="batch source: digits, a paper setting name, or none (default: the setting "
+                        "whose solver is --solver, e.g. digits for prototxt/digits/solver.prototxt)")
     parser.add_argument("--list", dest="data_list", help="training list .mat for a paper setting")
     parser.add_argument("--lists", dest="lists_dir", help="folder of a paper setting's .mat lists (its training list is used)")
     parser.add_argument("--data-root", help="folder the list's image paths are relative to")
@@ -53,10 +54,33 @@ def add_arguments(parser) -> None:
     parser.add_argument("--quiet", action="store_true", help="do not echo log lines to stderr")
 
 
+def _setting_of_solver(solver_path: str) -> str:
+    """The registered setting whose generated solver is ``solver_path``; a DataError otherwise
+    (a user's own solver needs an explicit --data, or --data none to feed the inputs elsewhere)."""
+    from pathlib import Path
+
+    from rll_repro import recipes
+    from rll_repro.errors import DataError
+
+    from rll_repro.recipes import digits
+
+    wanted = Path(solver_path).resolve()
+    if Path(digits.prototxt("solver")).resolve() == wanted:
+        return "digits"
+    for setting in recipes.all_settings():
+        if recipes.path(setting.solver.path).resolve() == wanted:
+            return setting.name
+    raise DataError(f"--solver {solver_path}: not the solver of a known setting; say which batches to feed "
+                    f"with --data SETTING (digits, {', '.join(recipes.names())}) or --data none")
+
+
 def _batch_source(args, solver):
     from rll_repro.errors import DataError
 
-    name = args.data
+    name = args.data or _setting_of_solver(args.solver)
+    if name in ("none", "digits") and (args.data_list or args.lists_dir):
+        raise DataError(f"--data {name} takes no --list/--lists; name the paper setting the list belongs to "
+                        "with --data SETTING (see 'rll-repro reproduce --list')")
     if name == "none":
         return None, {}
     if name == "digits":

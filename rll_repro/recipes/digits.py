@@ -128,8 +128,11 @@ def recall(features: np.ndarray, labels: np.ndarray) -> dict[str, float]:
 
 
 def run(out_dir, *, max_iter: int | None = None, seed: int = SEED, echo_log: bool = False,
-        progress: bool | None = None) -> dict:
-    """Train, embed the test classes, evaluate; write the run folder. Returns results.json's content."""
+        progress: bool | None = None, weights: str | None = None) -> dict:
+    """Train, embed the test classes, evaluate; write the run folder. Returns results.json's content.
+
+    ``weights``: a caffemodel to start from (copy_from by layer name, as `caffe train --weights`);
+    default: the prototxt's fillers."""
     import torch
 
     from rll_repro.solver import get_solver
@@ -142,6 +145,8 @@ def run(out_dir, *, max_iter: int | None = None, seed: int = SEED, echo_log: boo
     data = load()
     source = DigitsBatchSource(data, seed)
     solver = get_solver(str(prototxt("solver")))
+    if weights:
+        solver.net.copy_from(str(weights))
     iters = int(max_iter if max_iter is not None else solver.param.max_iter)
     schedule = Schedule(max_iter=iters, output_interval=20, save_start=None, save_interval=None,
                         snapshot_prefix=str(out / "digits"), snapshot_at_end=True)
