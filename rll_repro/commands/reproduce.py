@@ -88,6 +88,10 @@ def run(args) -> int:
 
     torch.set_num_threads(max(int(args.threads or 1), 1))
     out = args.out or "runs/digits"
+    if args.weights:  # fail on a bad file before announcing the run
+        from rll_repro.caffe import io as caffe_io
+
+        caffe_io.read_caffemodel(args.weights)
     started = time.monotonic()
     print(f"reproduce digits: training RLL on scikit-learn digits (classes 0-4), run folder {out}", file=sys.stderr)
     results = digits.run(out, max_iter=args.max_iter, seed=digits.SEED if args.seed is None else args.seed,
