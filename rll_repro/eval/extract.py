@@ -139,6 +139,8 @@ def load_array(path: str | Path, key: str = "features") -> np.ndarray:
     """An array from ``.npy``, or dataset ``key`` of an ``.npz`` / ``.h5`` file."""
     path = Path(path)
     suffix = path.suffix.lower()
+    if path.is_file() and path.stat().st_size == 0:
+        raise FormatError(f"{path}: empty file (expected a {suffix or 'feature'} array file)")
     try:
         if suffix == ".npy":
             return np.load(path, allow_pickle=False)
@@ -154,7 +156,7 @@ def load_array(path: str | Path, key: str = "features") -> np.ndarray:
                 if key not in f:
                     raise FormatError(f"{path}: no dataset {key!r} (has {', '.join(f.keys())})")
                 return f[key][()]
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, EOFError) as exc:
         if isinstance(exc, FileNotFoundError):
             raise
         raise FormatError(f"{path}: cannot read as {suffix or 'array'} file ({exc})") from None
