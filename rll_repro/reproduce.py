@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from rll_repro.errors import DataError
+from rll_repro.train import LoaderBatchSource
 
 SNAPSHOT_DIR = "checkpoints1"      # the RLL scripts' folder name
 SNAPSHOT_NAME = "checkpoint"       # checkpoint_iter_<N>.caffemodel
@@ -164,7 +165,7 @@ def test_transform(setting):
 
 
 # ---------------------------------------------------------------------------------- training
-class SettingBatchSource:
+class SettingBatchSource(LoaderBatchSource):
     """The setting's sampler + train transform over its list, shaped as the train net's inputs
     (labels ``N`` or ``N x 1 x 1 x 1``; OSM's ``image_attention`` input all ones, as train.m)."""
 
@@ -188,8 +189,8 @@ class SettingBatchSource:
         else:
             sampler = sampler_cls(image_list.class_ids, setting.classes_per_batch, setting.images_per_class,
                                   seed=seed, num_iterations=None)
-        self.loader = loader.make_train_loader(image_list, sampler, train_transform(setting),
-                                               num_workers=workers)
+        super().__init__(loader.make_train_loader(image_list, sampler, train_transform(setting),
+                                                  num_workers=workers))
         self.shapes = {name: tuple(net.blobs[name].shape) for name in net.inputs}
         if "data" not in self.shapes or "label" not in self.shapes:
             raise DataError(f"{setting.train.path}: the train net needs inputs 'data' and 'label' "
@@ -198,35 +199,20 @@ class SettingBatchSource:
         if batch != setting.batch_size:
             raise DataError(f"{setting.train.path}: input batch {batch} != {setting.classes_per_batch} "
                             f"classes x {setting.images_per_class} images of setting {setting.name}")
-        self._it = None
-        self._next = None
 
     def batch(self, iteration: int) -> dict[str, np.ndarray]:
-        if self._next != iteration:
-            state = self.loader.state_dict()
-            state["iteration"] = iteration
-            self.loader.load_state_dict(state)
-            self._it = iter(self.loader)
-        data, labels = next(self._it)[:2]
-        self._next = iteration + 1
-        out = {"data": np.asarray(data, np.float32),
-               "label": np.asarray(labels, np.float32).reshape(self.shapes["label"])}
+        out = super().batch(iteration)
+        labels = out["label"]
+        out["label"] = labels.reshape(self.shapes["label"])
         if out["data"].shape[1:] != self.shapes["data"][1:]:
             raise DataError(f"train images are {out['data'].shape[1:]} but the net takes {self.shapes['data'][1:]}")
         if "tracklet_label" in self.shapes and self.frames:  # one label per tracklet (its first frame's)
-            per = np.asarray(labels, np.float32).reshape(-1, self.frames)[:, 0]
+            per = labels.reshape(-1, self.frames)[:, 0]
             out["tracklet_label"] = per.reshape(self.shapes["tracklet_label"])
         for name, shape in self.shapes.items():  # image_attention, tracklet_attention: ones (train.m)
             if name not in out:
                 out[name] = np.ones(shape, np.float32)
         return out
-
-    def state_dict(self) -> dict:
-        return self.loader.state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        self.loader.load_state_dict(state)
-        self._next = None
 
 
 def batch_source(setting, inputs: Inputs, net, *, seed=None, workers: int = 0) -> SettingBatchSource:
