@@ -89,6 +89,13 @@ def main(argv: list[str] | None = None) -> int:
             message = f"{exc.filename}: {exc.strerror}"
         print(f"rll-repro {args.verb}: error: {message}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader went away (`rll-repro inspect --json X | head`): stop quietly, as Unix tools do
+        # on SIGPIPE, and keep Python from complaining when it flushes stdout at exit.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except KeyboardInterrupt:
         print(f"rll-repro {args.verb}: interrupted", file=sys.stderr)
         return 130

@@ -44,3 +44,22 @@ def test_user_error_becomes_one_line_and_exit_2(monkeypatch, capsys):
     assert cli.main(["inspect", "x"]) == 2
     err = capsys.readouterr().err
     assert err.strip() == "rll-repro inspect: error: model.caffemodel: truncated file (expected 120 more bytes)"
+
+
+def test_a_closed_pipe_is_not_a_traceback():
+    """`rll-repro inspect --json X | head -c 10`: the reader leaves early; no traceback on stderr."""
+    code = (
+        "import sys\n"
+        "from rll_repro import cli\n"
+        "sys.exit(cli.main(['inspect', '--json', sys.argv[1]]))\n"
+    )
+    from pathlib import Path
+
+    prototxt = Path(__file__).resolve().parents[1] / "prototxt" / "rll" / "sop" / "train.prototxt"
+    reader = subprocess.Popen([sys.executable, "-c", code, str(prototxt)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE)
+    reader.stdout.read(10)
+    reader.stdout.close()
+    err = reader.stderr.read().decode()
+    reader.wait(timeout=60)
+    assert "Traceback" not in err and "BrokenPipe" not in err
