@@ -31,16 +31,29 @@ layer { name: "pool5/fc" type: "InnerProduct" bottom: "pool1" top: "pool5/fc"
   param { lr_mult: 10 decay_mult: 1 }
   inner_product_param { num_output: 16 bias_term: false weight_filler { type: "xavier" } } }
 """
+
+
+def rll_head(embedding: str, label: str, flatten_label: bool = False) -> str:
+    """Reshape -> Normalization(L2) -> DistanceWeightedValidPairLossV12, the released heads' tail."""
+    text = (f'layer {{ name: "fc/reshape" type: "Reshape" bottom: "{embedding}" top: "fc/reshape" '
+            'reshape_param { shape { dim: 0 dim: 0 dim: 1 dim: 1 } } }\n'
+            'layer { name: "fc/L2Norm" type: "Normalization" bottom: "fc/reshape" top: "fc/L2Norm" '
+            'normalization_param { norm: L2 } }\n')
+    if flatten_label:
+        text += (f'layer {{ name: "label/flat" type: "Flatten" bottom: "{label}" top: "label/flat" '
+                 'flatten_param { axis: 0 } }\n')
+        label = "label/flat"
+    return text + (f'layer {{ name: "loss" type: "DistanceWeightedValidPairLossV12" bottom: "fc/L2Norm" '
+                   f'bottom: "{label}" top: "loss"\n'
+                   '  loss_weight: 1 propagate_down: 1 propagate_down: 0\n'
+                   '  contrastive_loss_param_v2 { pn_margin: 0.4 } softmax_t_p_param { scale: 0 } '
+                   'softmax_t_n_param { scale: 10 } }\n')
+
+
 TRAIN = """name: "tiny"
 layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 6 dim: 3 dim: 32 dim: 32 } } }
 layer { name: "label" type: "Input" top: "label" input_param { shape { dim: 6 } } }
-""" + TRUNK + """
-layer { name: "fc/reshape" type: "Reshape" bottom: "pool5/fc" top: "fc/reshape" reshape_param { shape { dim: 0 dim: 0 dim: 1 dim: 1 } } }
-layer { name: "fc/L2Norm" type: "Normalization" bottom: "fc/reshape" top: "fc/L2Norm" normalization_param { norm: L2 } }
-layer { name: "loss" type: "DistanceWeightedValidPairLossV12" bottom: "fc/L2Norm" bottom: "label" top: "loss"
-  loss_weight: 1 propagate_down: 1 propagate_down: 0
-  contrastive_loss_param_v2 { pn_margin: 0.4 } softmax_t_p_param { scale: 0 } softmax_t_n_param { scale: 10 } }
-"""
+""" + TRUNK + rll_head("pool5/fc", "label")
 DEPLOY = """name: "tiny_deploy"
 layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 32 dim: 32 } } }
 """ + TRUNK + """

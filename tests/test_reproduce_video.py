@@ -14,7 +14,7 @@ from rll_repro import cli, recipes
 from rll_repro.recipes.settings import (OSM_COMMIT, OSM_REPOSITORY, Deploy, GeneratedFile, Original,
                                         Setting)
 
-from test_reproduce_pipeline import DEPLOY, SOLVER, TRUNK
+from test_reproduce_pipeline import DEPLOY, SOLVER, TRUNK, rll_head
 
 NAME = "tiny-mars-test"
 TRAIN = """name: "tiny_video"
@@ -23,13 +23,7 @@ input: "label" input_dim: 12 input_dim: 1 input_dim: 1 input_dim: 1
 input: "tracklet_label" input_dim: 4 input_dim: 1 input_dim: 1 input_dim: 1
 input: "tracklet_attention" input_dim: 4 input_dim: 1 input_dim: 1 input_dim: 1
 """ + TRUNK + """
-layer { name: "fc/reshape" type: "Reshape" bottom: "pool5/fc" top: "fc/reshape" reshape_param { shape { dim: 0 dim: 0 dim: 1 dim: 1 } } }
-layer { name: "fc/L2Norm" type: "Normalization" bottom: "fc/reshape" top: "fc/L2Norm" normalization_param { norm: L2 } }
-layer { name: "label/flat" type: "Flatten" bottom: "label" top: "label/flat" flatten_param { axis: 0 } }
-layer { name: "loss" type: "DistanceWeightedValidPairLossV12" bottom: "fc/L2Norm" bottom: "label/flat" top: "loss"
-  loss_weight: 1 propagate_down: 1 propagate_down: 0
-  contrastive_loss_param_v2 { pn_margin: 0.4 } softmax_t_p_param { scale: 0 } softmax_t_n_param { scale: 10 } }
-"""
+""" + rll_head("pool5/fc", "label", flatten_label=True)
 
 
 @pytest.fixture
