@@ -342,6 +342,29 @@ def test_eltwise_max_ties_go_to_the_first_bottom():
     np.testing.assert_array_equal(diffs["b"], [[0, 1, 0]])
 
 
+def test_batch_pool_max_takes_the_first_sample_holding_the_maximum():
+    """OSM SPEC §2.7: MAX over the batch axis with Caffe's strict '>' scan, so among equal values
+    the lowest sample index wins and alone receives the gradient."""
+    x = np.array([[[1.0, 7.0, 2.0]], [[4.0, 7.0, 2.0]], [[4.0, 0.0, 9.0]]], np.float32)  # N=3, 1x3
+    text = "force_backward: true\n" + input_layer("x", 3, 1, 3) + (
+        'layer { name: "bp" type: "BatchPool" bottom: "x" top: "bp" batch_pool_param { pool: MAX } }')
+    net = make_net(text)
+    np.testing.assert_array_equal(net.forward(x=x)["bp"], [[[4.0, 7.0, 9.0]]])
+    diff = net.backward(bp=np.ones((1, 1, 3), np.float32))["x"]
+    np.testing.assert_array_equal(diff[:, 0], [[0, 1, 0], [1, 0, 0], [0, 0, 1]])
+
+
+def test_accuracy_per_class_is_hits_over_count_and_zero_for_absent_classes():
+    """Caffe's AccuracyLayer second top: per class, correct / count; 0 for a class not in the batch."""
+    scores = np.array([[3, 1, 0, 0], [0, 2, 1, 0], [1, 0, 2, 0], [2, 1, 0, 0]], np.float32)
+    labels = np.array([0, 1, 1, 0], np.float32)  # sample 2 (label 1) is wrong; class 2 and 3 absent
+    text = input_layer("s", 4, 4) + input_layer("l", 4) + (
+        'layer { name: "acc" type: "Accuracy" bottom: "s" bottom: "l" top: "acc" top: "per_class" }')
+    out = make_net(text, phase="test").forward(s=scores, l=labels)
+    assert float(out["acc"]) == 0.75
+    np.testing.assert_array_equal(out["per_class"], [1.0, 0.5, 0.0, 0.0])
+
+
 def test_eltwise_sum_coefficients_scale_values_and_gradients():
     a, b = rng().standard_normal((2, 2, 3)).astype(np.float32)
     text = "force_backward: true\n" + input_layer("a", 2, 3) + input_layer("b", 2, 3) + (

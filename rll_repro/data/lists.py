@@ -37,7 +37,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from rll_repro.errors import DataError, FormatError
+from rll_repro.errors import DataError
 from rll_repro.matfile import loadmat
 
 PATH_LIST_VARIABLES = (

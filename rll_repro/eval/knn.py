@@ -145,20 +145,27 @@ def first_hit_ranks(query: np.ndarray, q_labels, gallery: np.ndarray | None = No
     return ranks
 
 
+def _similarity_block(Qt, Gt, sim, start: int, stop: int, exclude_self: bool):
+    """Rows ``start:stop`` of Q·Gᵀ computed into the reused buffer ``sim``; with ``exclude_self`` the
+    query itself scores -inf (MATLAB's test scripts set Dist(i,i) = +inf, ranking self last)."""
+    s = sim[: stop - start]
+    _torch().mm(Qt[start:stop], Gt.T, out=s)
+    if exclude_self:
+        rows = _torch().arange(stop - start)
+        s[rows, start + rows] = float("-inf")
+    return s
+
+
 def _rank_blocks(Qt, Gt, ranks, sim, mask, chunks, pool, workers, positives, ql, gl, exclude_self,
                  block_rows, progress) -> None:
     """The block loop of :func:`first_hit_ranks`; writes ``ranks`` in place."""
-    torch = _torch()
     nq, ng = Qt.shape[0], Gt.shape[0]
     cols = np.arange(ng)
     for start in range(0, nq, block_rows):
         stop = min(start + block_rows, nq)
         b = stop - start
-        s = sim[:b]
-        torch.mm(Qt[start:stop], Gt.T, out=s)
+        s = _similarity_block(Qt, Gt, sim, start, stop, exclude_self)
         rows = np.arange(b)
-        if exclude_self:
-            s[rows, start + rows] = float("-inf")  # MATLAB: Dist(i,i) = +inf
         sn = s.numpy()
         # best positive: highest similarity, lowest gallery index among equals
         best, p, n_tied = _best_positive(sn, rows, start, positives, ql, gl, exclude_self)
@@ -261,12 +268,7 @@ def knn(query: np.ndarray, k: int, gallery: np.ndarray | None = None, *, exclude
     kk = min(k + 1, ng)
     for start in range(0, nq, block_rows):
         stop = min(start + block_rows, nq)
-        b = stop - start
-        s = sim[:b]
-        torch.mm(Qt[start:stop], Gt.T, out=s)
-        rows = torch.arange(b)
-        if exclude_self:
-            s[rows, start + rows] = float("-inf")
+        s = _similarity_block(Qt, Gt, sim, start, stop, exclude_self)
         v, i = torch.topk(s, kk, dim=1, largest=True, sorted=True)
         v, i = v.numpy(), i.numpy()
         if kk > k:

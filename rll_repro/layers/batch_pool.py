@@ -46,11 +46,6 @@ class BatchPool(Layer):
             return ((x * w).sum(dim=0, keepdim=True),)
         if self.pool == AVE:
             return (x.mean(dim=0, keepdim=True),)
-        with torch.no_grad():
-            best = x[0]
-            index = torch.zeros(best.shape, dtype=torch.long)
-            for i in range(1, n):
-                better = x[i] > best
-                best = torch.where(better, x[i], best)
-                index = torch.where(better, torch.full_like(index, i), index)
-        return (torch.gather(x, 0, index.unsqueeze(0)),)
+        with torch.no_grad():  # Caffe's strict '>' scan: the first sample holding the maximum wins
+            index = (x == x.amax(dim=0, keepdim=True)).to(torch.uint8).argmax(dim=0, keepdim=True)
+        return (torch.gather(x, 0, index),)

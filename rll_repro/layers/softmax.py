@@ -174,9 +174,8 @@ class Accuracy(Layer):
             acc = torch.tensor(float(correct.sum()) / n_valid if n_valid else 0.0, dtype=scores.dtype)
             if len(self.param.top) == 1:
                 return (acc,)
-            per_class = torch.zeros(channels, dtype=scores.dtype)
-            for c in range(channels):
-                mask = valid & (labels == c)
-                n = int(mask.sum())
-                per_class[c] = float((correct & mask).sum()) / n if n else 0.0
-            return acc, per_class
+            # Caffe: per class, correct / count (0 for a class absent from the batch)
+            counts = torch.bincount(labels[valid].long(), minlength=channels).to(torch.float64)
+            hits = torch.bincount(labels[correct].long(), minlength=channels).to(torch.float64)
+            per_class = torch.where(counts > 0, hits / counts.clamp(min=1), torch.zeros_like(counts))
+            return acc, per_class.to(scores.dtype)
