@@ -136,28 +136,46 @@ def save_features(path: str | Path, features: np.ndarray, labels: np.ndarray | N
 
 
 def load_array(path: str | Path, key: str = "features") -> np.ndarray:
-    """An array from ``.npy``, or dataset ``key`` of an ``.npz`` / ``.h5`` file."""
+    """An array from ``.npy``, or dataset ``key`` of an ``.npz`` / ``.h5`` file. Damaged, truncated
+    or oversized files (a header claiming more than the file holds or than
+    :mod:`rll_repro.limits` allows) are a one-line FormatError naming the file; nothing is
+    allocated before the shape is checked."""
+    from rll_repro.fileio import read_npy, read_npz
+
     path = Path(path)
     suffix = path.suffix.lower()
     if path.is_file() and path.stat().st_size == 0:
         raise FormatError(f"{path}: empty file (expected a {suffix or 'feature'} array file)")
-    try:
-        if suffix == ".npy":
-            return np.load(path, allow_pickle=False)
-        if suffix == ".npz":
-            with np.load(path, allow_pickle=False) as z:
-                if key not in z.files:
-                    raise FormatError(f"{path}: no array {key!r} (has {', '.join(z.files)})")
-                return z[key]
-        if suffix in (".h5", ".hdf5"):
-            import h5py
-
-            with h5py.File(path, "r") as f:
-                if key not in f:
-                    raise FormatError(f"{path}: no dataset {key!r} (has {', '.join(f.keys())})")
-                return f[key][()]
-    except (ValueError, OSError, EOFError) as exc:
-        if isinstance(exc, FileNotFoundError):
-            raise
-        raise FormatError(f"{path}: cannot read as {suffix or 'array'} file ({exc})") from None
+    if suffix == ".npy":
+        return read_npy(path, key)
+    if suffix == ".npz":
+        arrays = read_npz(path, key)
+        if key not in arrays:
+            raise FormatError(f"{path}: no array {key!r} (has {', '.join(arrays) or 'none'})")
+        return arrays[key]
+    if suffix in (".h5", ".hdf5"):
+        return _load_h5_dataset(path, key)
     raise FormatError(f"{path}: expected a .npy, .npz or .h5 file")
+
+
+def _load_h5_dataset(path: Path, key: str) -> np.ndarray:
+    import h5py
+
+    from rll_repro.limits import check_allocation
+
+    try:
+        with h5py.File(path, "r") as f:
+            if key not in f:
+                raise FormatError(f"{path}: no dataset {key!r} (has {', '.join(f.keys()) or 'none'})")
+            dataset = f[key]
+            if not isinstance(dataset, h5py.Dataset) or dataset.dtype.kind not in "biuf":
+                raise FormatError(f"{path}: {key!r} is not a numeric dataset")
+            check_allocation(dataset.shape or (), dataset.dtype.itemsize, f"{path}: dataset {key!r}")
+            return dataset[()]
+    except FormatError:
+        raise
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as exc:  # h5py's errors on damaged files
+        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise FormatError(f"{path}: cannot read as .h5 file ({reason})") from None
