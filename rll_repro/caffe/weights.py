@@ -12,12 +12,14 @@ leading 1s dropped): InnerProduct weights 1x1xNxK -> (N, K), biases and other ve
 """
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 
 import numpy as np
 
 from rll_repro.caffe import caffe_pb2
 from rll_repro.errors import FormatError
+from rll_repro.limits import check_shape
 
 _LEGACY_FIELDS = ("num", "channels", "height", "width")
 _CONV_TYPES = {"Convolution", "Deconvolution"}
@@ -50,10 +52,11 @@ def _varint(value: int) -> bytes:
             return bytes(out)
 
 
-def _packed_payloads(serialized: bytes) -> dict[int, list[memoryview]]:
-    """Length-delimited payloads of the top-level fields 5 (data) and 8 (double_data) of a BlobProto."""
+def _packed_payloads(serialized: bytes) -> dict[int, list[memoryview] | None]:
+    """Length-delimited payloads of the top-level fields 5 (data) and 8 (double_data) of a
+    BlobProto; None for a field also written unpacked (one value per tag, which parsers accept)."""
     view = memoryview(serialized)
-    found: dict[int, list[memoryview]] = {5: [], 8: []}
+    found: dict[int, list[memoryview] | None] = {5: [], 8: []}
     pos = 0
     while pos < len(serialized):
         key, pos = _read_varint(serialized, pos)
@@ -66,11 +69,13 @@ def _packed_payloads(serialized: bytes) -> dict[int, list[memoryview]]:
             pos += 4
         elif wire == 2:
             size, pos = _read_varint(serialized, pos)
-            if field in found:
+            if field in found and found[field] is not None:
                 found[field].append(view[pos:pos + size])
             pos += size
         else:
             raise ValueError(f"unexpected wire type {wire}")
+        if wire in (1, 5) and field in found:
+            found[field] = None
     return found
 
 
@@ -89,40 +94,49 @@ def blob_to_array(blob: caffe_pb2.BlobProto, where: str = "blob") -> np.ndarray:
     """The blob's values as a new array: float32 from ``data``, float64 from ``double_data``.
 
     Like Caffe, ``double_data`` is used when it is non-empty; a legacy blob gets its 4-D shape.
+    The shape is checked as Blob::Reshape checks it (at most kMaxBlobAxes = 32 axes, no negative
+    dimension, a count that does not overflow) and must match the number of values stored.
     """
-    shape = blob_shape(blob)
+    shape = check_shape(blob_shape(blob), where, FormatError)
+    count = math.prod(shape)  # exact: a product of int64 dims cannot wrap around here
     if len(blob.double_data):
-        field, dtype = 8, np.dtype("<f8")
+        field, dtype, values = 8, np.dtype("<f8"), blob.double_data
     else:
-        field, dtype = 5, np.dtype("<f4")
+        field, dtype, values = 5, np.dtype("<f4"), blob.data
+    if len(values) != count:  # checked on the parsed field before copying anything
+        raise FormatError(f"{where}: has {len(values)} values but its shape {list(shape)} needs {count}")
     # Only the wanted field is serialised: a copy of the blob without the other big fields.
     payloads = _packed_payloads(blob.SerializeToString())[field]
-    if len(payloads) == 1:
+    if payloads is None:  # written unpacked: rare and small, the element-wise copy is fine
+        array = np.array(values, dtype=dtype)
+    elif len(payloads) == 1:
         array = np.frombuffer(payloads[0], dtype=dtype).copy()
     elif payloads:
         array = np.frombuffer(b"".join(bytes(p) for p in payloads), dtype=dtype).copy()
     else:
         array = np.zeros(0, dtype=dtype)
-    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
-    if array.size != count:
-        raise FormatError(f"{where}: has {array.size} values but its shape {list(shape)} needs {count}")
     return array.astype(dtype.newbyteorder("="), copy=False).reshape(shape)
 
 
-def array_to_blob(array, double: bool = False, legacy_shape: bool = False) -> caffe_pb2.BlobProto:
+def array_to_blob(array, double: bool = False, legacy_shape: bool = False,
+                  where: str = "blob") -> caffe_pb2.BlobProto:
     """A BlobProto holding ``array`` (float32 ``data``, or float64 ``double_data`` if ``double``).
 
     The shape goes to ``shape.dim`` (as Caffe's Blob::ToProto writes it); ``legacy_shape`` writes
     num/channels/height/width instead (arrays of at most 4 axes, right-aligned, padded with 1s).
     """
     blob = caffe_pb2.BlobProto()
-    blob.ParseFromString(_blob_bytes(array, double, legacy_shape))
+    blob.ParseFromString(_blob_bytes(array, double, legacy_shape, where))
     return blob
 
 
-def _blob_bytes(array, double: bool = False, legacy_shape: bool = False) -> bytes:
-    """The serialised BlobProto of ``array`` (see :func:`array_to_blob`), built from the raw bytes."""
+def _blob_bytes(array, double: bool = False, legacy_shape: bool = False, where: str = "blob") -> bytes:
+    """The serialised BlobProto of ``array`` (see :func:`array_to_blob`), built from the raw bytes.
+    Only real numbers fit a blob: other arrays are a FormatError naming ``where``."""
     arr = np.asarray(array)
+    if arr.dtype.kind not in "biuf":
+        raise FormatError(f"{where}: a {arr.dtype} array cannot be a Caffe blob (blobs hold real numbers)")
+    check_shape(arr.shape, where, FormatError)
     dtype = np.dtype("<f8") if double else np.dtype("<f4")
     raw = np.ascontiguousarray(arr, dtype=dtype).tobytes()
     parts = []
@@ -198,6 +212,7 @@ def net_with_weights(net: caffe_pb2.NetParameter, weights: dict, where: str = "n
         raise FormatError(f"{where}: has no layer named {', '.join(repr(m) for m in missing[:5])}"
                           + (f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""))
     for layer in out.layer:
-        for array in weights.get(layer.name, ()):
-            layer.blobs.add().ParseFromString(_blob_bytes(array, double=double))
+        for i, array in enumerate(weights.get(layer.name, ())):
+            blob_where = f"{where}: layer {layer.name!r} blob {i}"
+            layer.blobs.add().ParseFromString(_blob_bytes(array, double=double, where=blob_where))
     return out
