@@ -66,3 +66,47 @@ def test_unknown_policy_and_bad_fields_raise_training_error():
         learning_rate(sp(lr_policy="cosine"), 0)
     with pytest.raises(TrainingError, match="stepsize"):
         learning_rate(sp(lr_policy="step", stepsize=0), 0)
+
+
+def caffe_sigmoid(base_lr, gamma, stepsize, it):
+    """GetLearningRate's sigmoid line in float32: base_lr * (1 / (1 + exp(-gamma * (iter - stepsize))))."""
+    f = np.float32
+    with np.errstate(over="ignore"):
+        return f(base_lr) * (f(1) / (f(1) + np.exp(-f(gamma) * (f(it) - f(stepsize)))))
+
+
+@pytest.mark.parametrize("gamma, stepsize", [(-0.05, 100), (0.05, 100), (-2.0, 0), (0.0, 7), (-1e4, 3)])
+def test_sigmoid_takes_any_gamma_and_stepsize_like_caffe(gamma, stepsize):
+    # The papers' Caffe forks make no check here: a negative gamma is a decaying sigmoid, stepsize 0
+    # centres it at iteration 0, a huge |gamma| saturates exp to inf (rate 0), never to NaN.
+    p = sp(lr_policy="sigmoid", base_lr=0.1, gamma=gamma, stepsize=stepsize)
+    rates = schedule(p, 300)
+    expected = np.array([caffe_sigmoid(0.1, gamma, stepsize, k) for k in range(300)], np.float32)
+    np.testing.assert_allclose(rates, expected, rtol=2e-7, atol=0)  # float32 exp: within an ulp
+    if gamma < 0:
+        assert rates[0] > rates[-1]
+
+
+def test_step_exp_multistep_take_a_negative_gamma_and_step_truncates_toward_zero():
+    # No gamma >= 0 check in the forks' GetLearningRate: pow(gamma, n) with gamma < 0 alternates sign.
+    assert learning_rate(sp(lr_policy="exp", base_lr=1.0, gamma=-0.5), 3)[0] == -0.125
+    assert learning_rate(sp(lr_policy="multistep", base_lr=1.0, gamma=-0.5, stepvalue=[1]), 1)[0] == -0.5
+    # C++'s iter / stepsize truncates toward zero: 5 / -3 = -1 (Python's 5 // -3 is -2)
+    rate, step = learning_rate(sp(lr_policy="step", base_lr=1.0, gamma=0.5, stepsize=-3), 5)
+    assert (rate, step) == (2.0, -1)
+
+
+def test_values_that_break_caffes_arithmetic_say_so():
+    with pytest.raises(TrainingError, match="stepsize 0.*integer division by zero"):
+        learning_rate(sp(lr_policy="step", gamma=0.5, stepsize=0), 4)
+    with pytest.raises(TrainingError, match="'poly' at iteration 0.*max_iter 0 divides by zero.*NaN"):
+        learning_rate(sp(lr_policy="poly", power=0.5, max_iter=0), 0)
+    # 1 + gamma*iter < 0 raised to -power 0.75: NaN in C's pow
+    with pytest.raises(TrainingError, match="'inv' at iteration 20.*fractional power"):
+        learning_rate(sp(lr_policy="inv", gamma=-0.1, power=0.75), 20)
+    with pytest.raises(TrainingError, match="'inv' at iteration 10.*0 \\^ -0.75 divides by zero"):
+        learning_rate(sp(lr_policy="inv", gamma=-0.1, power=0.75), 10)
+    with pytest.raises(TrainingError, match="'exp' at iteration 400.*overflows"):
+        learning_rate(sp(lr_policy="exp", gamma=10.0), 400)
+    # below the pole inv with a negative gamma is an ordinary rate, as in Caffe
+    assert learning_rate(sp(lr_policy="inv", base_lr=1.0, gamma=-0.05, power=1.0), 10)[0] == 2.0
