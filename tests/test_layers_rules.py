@@ -649,6 +649,28 @@ def test_argmax_breaks_ties_toward_the_larger_index():
     np.testing.assert_array_equal(net.forward(a=x)["m"], [[[2, 1, 0], [3, 3, 1]]])
 
 
+@pytest.mark.parametrize("dims, out_max_val, expected", [
+    ((2, 3, 2, 2), False, (2, 1, 2, 1)),      # 4-D bottom: (N, 1, top_k, 1)
+    ((2, 3, 2, 2), True, (2, 2, 2, 1)),       # (N, 2, top_k, 1): indices then values
+    ((2, 3, 2, 1, 2), True, (2, 2, 2, 1, 1)),
+    ((2, 12), False, (2, 1, 2)),              # fewer than 3 axes: still 3
+])
+def test_argmax_without_axis_keeps_the_bottoms_axis_count(dims, out_max_val, expected):
+    # ArgMaxLayer::Reshape: the top has max(num_axes, 3) axes, all 1 but N, 1|2 and top_k (axes 0-2).
+    x = np.random.default_rng(3).permutation(np.prod(dims)).astype(np.float32).reshape(dims)
+    flag = "true" if out_max_val else "false"
+    net = make_net(input_layer("a", *dims) + 'layer { name: "m" type: "ArgMax" bottom: "a" top: "m" '
+                   f'argmax_param {{ top_k: 2 out_max_val: {flag} }} }}')
+    assert net.blobs["m"].data.shape == expected
+    out = net.forward(a=x)["m"]
+    assert out.shape == expected
+    flat = x.reshape(dims[0], -1)
+    top2 = np.argsort(-flat, axis=1)[:, :2]  # distinct values: no ties
+    np.testing.assert_array_equal(out[:, 0].reshape(dims[0], 2), top2)
+    if out_max_val:
+        np.testing.assert_array_equal(out[:, 1].reshape(dims[0], 2), np.take_along_axis(flat, top2, 1))
+
+
 def test_crop_takes_the_reference_shape_from_the_offsets():
     x = np.arange(2 * 5 * 6, dtype=np.float32).reshape(1, 2, 5, 6)
     text = "force_backward: true\n" + input_layer("a", 1, 2, 5, 6) + input_layer("r", 1, 2, 3, 3) + (

@@ -47,7 +47,8 @@ class ArgMax(Layer):
             return [tuple(out)]
         if self.top_k > count(shape, 1):
             raise fail(self.param, f"top_k {self.top_k} exceeds the {count(shape, 1)} values per sample")
-        return [(shape[0], 2 if self.out_max_val else 1, self.top_k)]
+        # ArgMaxLayer::Reshape: max(num_axes, 3) axes, all 1 but (N, 1 | 2 with out_max_val, top_k)
+        return [(shape[0], 2 if self.out_max_val else 1, self.top_k) + (1,) * max(len(shape) - 3, 0)]
 
     def forward(self, x):
         with torch.no_grad():
@@ -66,6 +67,8 @@ class ArgMax(Layer):
                 out = torch.stack([index, values], dim=1)
             else:
                 out = index.unsqueeze(1)
+            if not self.has_axis and data.dim() > 3:
+                out = out.reshape(out.shape + (1,) * (data.dim() - 3))
             return (out.contiguous(),)
 
 
