@@ -1,0 +1,113 @@
+"""ONNX export of a Caffe net, through the generated standalone module (:mod:`.pysource`).
+
+torch's TorchScript-based exporter (``torch.onnx.export(..., dynamo=False)``) traces the generated
+module; it needs only the ``onnx`` package (the dynamo exporter would also need onnxscript). Names:
+
+- graph inputs and outputs are the Caffe blob names; axis 0 of each is the dynamic ``batch`` unless
+  ``dynamic_batch=False``;
+- each node is named after the Caffe layer it computes (the layer's last node gets the layer's name
+  exactly, earlier ones ``<layer>/<op>_<k>``);
+- each value a layer produces is named after its Caffe top; a blob rewritten in place (ReLU, or
+  BatchNorm/Scale on the convolution's top) keeps its plain name on the last version, earlier versions
+  are ``<blob>@<layer that wrote it>``;
+- initializers keep the generated module's state_dict keys (``conv1.weight``, ``conv1_bn.mean``, ...).
+
+BatchNorm and Scale stay two operations (BatchNormalization without affine, then Mul and Add) unless
+``fold_bn``; onnxruntime's graph optimiser may still fuse them into the preceding Conv at load time.
+"""
+from __future__ import annotations
+
+import io
+import warnings
+
+import torch
+
+from rll_repro.errors import RLLReproError
+from rll_repro.export.pysource import GeneratedModule, instantiate
+
+OPSET = 17
+
+
+def _require_onnx():
+    try:
+        import onnx  # noqa: F401
+    except ImportError as exc:
+        raise RLLReproError("writing ONNX needs the 'onnx' package (pip install onnx; onnxruntime to run it)") from exc
+    return onnx
+
+
+def to_onnx_bytes(generated: GeneratedModule, dynamic_batch: bool = True, opset: int = OPSET) -> bytes:
+    """Serialized ONNX model of the generated module, with Caffe layer and blob names."""
+    onnx = _require_onnx()
+    model = instantiate(generated)
+    example = tuple(torch.zeros(generated.input_shapes[n]) for n in generated.inputs)
+    # the same tensor returned twice (a Split top and its twin) would give one value two names
+    outputs = list(generated.outputs)
+    axes = {n: {0: "batch"} for n in list(generated.inputs) + outputs} if dynamic_batch else None
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the legacy exporter's deprecation and tracer notes
+        torch.onnx.export(
+            model, example, buffer, dynamo=False, input_names=list(generated.inputs), output_names=outputs,
+            dynamic_axes=axes, opset_version=opset, do_constant_folding=True,
+        )
+    proto = onnx.load_from_string(buffer.getvalue())
+    _caffe_names(proto, generated)
+    return proto.SerializeToString()
+
+
+def _caffe_names(proto, generated: GeneratedModule) -> None:
+    """Rename nodes after their Caffe layer and the values they produce after the Caffe tops."""
+    graph = proto.graph
+    scope_nodes: dict[str, list] = {}
+    for node in graph.node:
+        parts = node.name.split("/")
+        attr = parts[1] if len(parts) > 2 and parts[0] == "" else None
+        if attr in generated.attributes:
+            scope_nodes.setdefault(attr, []).append(node)
+    protected = {v.name for v in graph.input} | {v.name for v in graph.output}
+    # the order in which layers write each blob (in-place versions)
+    writers: dict[str, list[str]] = {}
+    for attr, tops in generated.tops.items():
+        for t in tops:
+            writers.setdefault(t, []).append(attr)
+    rename: dict[str, str] = {}
+    used = {init.name for init in graph.initializer} | protected
+    for attr, nodes in scope_nodes.items():
+        layer = generated.attributes[attr]
+        inside = {o for n in nodes for o in n.output}
+        for k, node in enumerate(nodes):
+            node.name = layer if k == len(nodes) - 1 else f"{layer}/{node.op_type}_{k}"
+        # the values this layer hands to other layers (or the graph), in production order
+        consumed_outside = set(protected)
+        for node in graph.node:
+            if node not in nodes:
+                consumed_outside.update(i for i in node.input if i in inside)
+        produced = [o for n in nodes for o in n.output if o in consumed_outside]
+        tops = generated.tops.get(attr, [])
+        if len(produced) != len(tops) or len(tops) == 0:
+            continue
+        for value, top in zip(produced, tops):
+            if value in protected:
+                continue
+            name = top if writers[top][-1] == attr else f"{top}@{layer}"
+            if name in used:
+                continue
+            used.add(name)
+            rename[value] = name
+    if not rename:
+        return
+    for node in graph.node:
+        node.input[:] = [rename.get(i, i) for i in node.input]
+        node.output[:] = [rename.get(o, o) for o in node.output]
+    for info in graph.value_info:
+        info.name = rename.get(info.name, info.name)
+
+
+def write_onnx(path, generated: GeneratedModule, dynamic_batch: bool = True, opset: int = OPSET) -> bytes:
+    """Write the ONNX file atomically; returns its bytes."""
+    from rll_repro.fileio import atomic_write_bytes
+
+    data = to_onnx_bytes(generated, dynamic_batch, opset)
+    atomic_write_bytes(path, data)
+    return data
