@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -101,16 +102,26 @@ def loadmat(path: str | os.PathLike, variables: list[str] | None = None) -> dict
 
 
 def _load_v5(path: Path, variables):
+    """scipy's reader on bytes checked first by :mod:`rll_repro.mat5_structure` (scipy's C code
+    can crash the interpreter on a damaged file)."""
+    import io
+
     import scipy.io
 
+    from rll_repro.mat5_structure import check_v5
+
+    checked = check_v5(path.read_bytes(), str(path))
     try:
         raw = scipy.io.loadmat(
-            str(path), squeeze_me=False, chars_as_strings=False, struct_as_record=True,
+            io.BytesIO(checked), squeeze_me=False, chars_as_strings=False, struct_as_record=True,
             mat_dtype=False, variable_names=variables,
         )
     except Exception as exc:  # scipy raises many kinds (ValueError, TypeError, MatReadError ...)
-        raise FormatError(f"{path}: cannot read as MATLAB v5 .mat: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
-    return {k: _canon_v5(v) for k, v in raw.items() if not k.startswith("__")}
+        raise FormatError(f"{path}: cannot read as MATLAB v5 .mat: {str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}") from None
+    try:
+        return {k: _canon_v5(v) for k, v in raw.items() if not k.startswith("__")}
+    except (ValueError, TypeError, IndexError) as exc:  # e.g. sparse parts scipy accepted but cannot use
+        raise FormatError(f"{path}: cannot read as MATLAB v5 .mat: {str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}") from None
 
 
 def _canon_v5(value):
@@ -183,26 +194,62 @@ def _chars_to_python(codes: np.ndarray, shape: tuple):
 
 
 def _load_v73(path: Path, variables):
+    """Every variable (HDF5 root member not starting with '#') read into plain structures; any
+    failure of h5py on a damaged file, listing the variables included, is a FormatError."""
     import h5py
 
     try:
         handle = h5py.File(path, "r")
     except Exception as exc:
-        raise FormatError(f"{path}: cannot open as MATLAB v7.3 (HDF5) .mat: {exc}") from exc
+        raise FormatError(f"{path}: cannot open as MATLAB v7.3 (HDF5) .mat: {_first_line(exc)}") from None
     with handle:
+        try:
+            names = [name for name in handle if not name.startswith("#")]
+        except Exception as exc:  # a damaged group index: h5py raises RuntimeError, KeyError, OSError ...
+            raise FormatError(f"{path}: cannot list the variables of the MATLAB v7.3 file: {_first_line(exc)}") from None
         out = {}
-        for name in handle:
-            if name.startswith("#"):
-                continue
+        for name in names:
             if variables is not None and name not in variables:
                 continue
             try:
                 out[name] = _canon_h5(handle, handle[name])
-            except FormatError:
-                raise
+            except FormatError as exc:
+                raise FormatError(f"{path}: variable {name!r}: {exc}") from None
             except Exception as exc:
-                raise FormatError(f"{path}: variable {name!r} cannot be read: {exc}") from exc
+                raise FormatError(f"{path}: variable {name!r} cannot be read: {_first_line(exc)}") from None
         return out
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc)
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+# The MATLAB attributes (MATLAB_class, MATLAB_empty, MATLAB_sparse, MATLAB_fields ...) are a few
+# bytes; a damaged file can state an attribute of terabytes, whose read takes minutes: refuse it.
+_MAX_ATTR_BYTES = 1 << 16
+_MAX_REF_DEPTH = 64
+
+
+def _check_size(shape, itemsize: int, what: str, limit: int | None = None) -> None:
+    from rll_repro.limits import check_allocation
+
+    if limit is not None and math.prod(shape or ()) * itemsize > limit:
+        raise FormatError(f"{what} states {math.prod(shape or ())} values of {itemsize} bytes (at most {limit} bytes)")
+    check_allocation(shape or (), itemsize, what)
+
+
+def _attr(obj, key: str):
+    """A (small) attribute's value, or None; its size is checked before it is read."""
+    import h5py
+
+    oid = obj.id
+    name = key.encode("ascii")
+    if not h5py.h5a.exists(oid, name):
+        return None
+    attr = h5py.h5a.open(oid, name)
+    _check_size(attr.shape, attr.dtype.itemsize, f"attribute {key}", _MAX_ATTR_BYTES)
+    return obj.attrs[key]
 
 
 def _attr_str(obj, key: str) -> str | None:
@@ -216,6 +263,7 @@ def _ll_attr_str(oid, key: bytes) -> str | None:
     if not h5py.h5a.exists(oid, key):
         return None
     attr = h5py.h5a.open(oid, key)
+    _check_size(attr.shape, attr.dtype.itemsize, f"attribute {key.decode('ascii')}", _MAX_ATTR_BYTES)
     value = np.empty(attr.shape, dtype=attr.dtype)
     attr.read(value)
     value = value.ravel()[0] if value.shape else value[()]
@@ -239,6 +287,7 @@ def _fast_leaf(oid):
     if dtype.names is not None or dtype.kind not in "iuf":
         return None
     shape = oid.shape
+    _check_size(shape, dtype.itemsize, "dataset")
     data = np.empty(shape, dtype=dtype)
     if data.size:
         oid.read(h5py.h5s.ALL, h5py.h5s.ALL, data)
@@ -250,46 +299,59 @@ def _fast_leaf(oid):
     return arr.astype(np.uint8) if cls == "logical" else arr
 
 
-def _deref_all(root, refs: np.ndarray) -> list:
+def _deref_all(root, refs: np.ndarray, depth: int = 0) -> list:
     import h5py
 
     out = []
     fid = root.id
     for ref in refs.ravel(order="C"):
+        if not ref:
+            raise FormatError("a cell element is a null reference")
         oid = h5py.h5r.dereference(ref, fid)
         value = _fast_leaf(oid)
-        out.append(_canon_h5(root, root[ref]) if value is None else value)
+        out.append(_canon_h5(root, root[ref], depth=depth + 1) if value is None else value)
     return out
 
 
-def _canon_h5(root, obj, matlab_class: str | None = None):
+def _read_dataset(obj):
+    """The whole dataset, after checking its size against the allocation limit."""
+    _check_size(obj.shape, obj.dtype.itemsize, "dataset")
+    return obj[()]
+
+
+def _canon_h5(root, obj, matlab_class: str | None = None, depth: int = 0):
     import h5py
 
+    if depth > _MAX_REF_DEPTH:
+        raise FormatError(f"cells or structs nested more than {_MAX_REF_DEPTH} deep (a reference cycle?)")
     cls = _attr_str(obj, "MATLAB_class") or matlab_class
     if isinstance(obj, h5py.Group):
-        if obj.attrs.get("MATLAB_sparse") is not None:
+        if _attr(obj, "MATLAB_sparse") is not None:
             return _sparse_h5(obj, cls)
         if cls == "struct" or cls is None:
-            return _struct_h5(root, obj)
+            return _struct_h5(root, obj, depth)
         return MatlabObject(cls)
     # dataset
-    import h5py as _h5
-
-    empty = _h5.h5a.exists(obj.id, b"MATLAB_empty") and int(np.asarray(obj.attrs["MATLAB_empty"]).ravel()[0]) == 1
+    empty_attr = _attr(obj, "MATLAB_empty")
+    empty = empty_attr is not None and np.asarray(empty_attr).size > 0 and int(np.asarray(empty_attr).ravel()[0]) == 1
     if empty or cls == "canonical empty":
-        dims = tuple(int(d) for d in np.asarray(obj[()]).ravel()) if obj.shape != () else (0, 0)
+        dims = tuple(int(d) for d in np.asarray(_read_dataset(obj)).ravel()) if obj.shape != () else (0, 0)
         if len(dims) < 2:
             dims = (0, 0)
         if cls == "char":
             return ""
         if cls in ("cell", "struct"):
             return []
-        return np.zeros(dims, dtype=_CLASS_TO_DTYPE.get(cls, np.float64))
-    data = obj[()]
+        dtype = np.dtype(_CLASS_TO_DTYPE.get(cls, np.float64))
+        if any(d < 0 for d in dims):
+            raise FormatError(f"empty array with dimensions {list(dims)}")
+        _check_size(dims, dtype.itemsize, "empty array")
+        return np.zeros(dims, dtype=dtype)
+    data = _read_dataset(obj)
     if obj.dtype == h5py.ref_dtype or (data.dtype == object and cls == "cell"):
         refs = np.asarray(data)
         shape = refs.shape[::-1]
-        items = _deref_all(root, refs)
+        items = _deref_all(root, refs, depth)
         # h5 C-order over reversed dims == MATLAB column-major order over MATLAB dims
         if cls in (None, "cell"):
             return _shape_like_cell(items, shape, order="F")
@@ -310,10 +372,10 @@ def _canon_h5(root, obj, matlab_class: str | None = None):
     return arr
 
 
-def _struct_h5(root, group):
+def _struct_h5(root, group, depth: int = 0):
     import h5py
 
-    fields_attr = group.attrs.get("MATLAB_fields")
+    fields_attr = _attr(group, "MATLAB_fields")
     if fields_attr is not None:
         names = [b"".join(np.asarray(f).ravel().tolist()).decode("ascii") for f in fields_attr]
     else:
@@ -321,14 +383,16 @@ def _struct_h5(root, group):
     names = [n for n in names if n in group] + [n for n in group.keys() if n not in names]
     children = {n: group[n] for n in names}
     is_array = bool(children) and all(
-        isinstance(c, h5py.Dataset) and c.dtype == h5py.ref_dtype and c.attrs.get("MATLAB_class") is None
+        isinstance(c, h5py.Dataset) and c.dtype == h5py.ref_dtype and _attr(c, "MATLAB_class") is None
         for c in children.values()
     )
     if not is_array:
-        return {n: _canon_h5(root, c) for n, c in children.items()}
+        return {n: _canon_h5(root, c, depth=depth + 1) for n, c in children.items()}
     shape = next(iter(children.values())).shape
-    flat = {n: _deref_all(root, np.asarray(c[()])) for n, c in children.items()}
-    count = int(np.prod(shape))
+    flat = {n: _deref_all(root, np.asarray(_read_dataset(c)), depth) for n, c in children.items()}
+    count = math.prod(shape)
+    if any(len(v) != count for v in flat.values()):
+        raise FormatError(f"struct array fields of different sizes ({', '.join(names)})")
     items = [{n: flat[n][i] for n in names} for i in range(count)]
     if count == 1:
         return items[0]
@@ -338,10 +402,13 @@ def _struct_h5(root, group):
 def _sparse_h5(group, cls):
     import scipy.sparse
 
-    nrows = int(np.asarray(group.attrs["MATLAB_sparse"]).ravel()[0])
-    jc = np.asarray(group["jc"][()], dtype=np.int64)
-    ir = np.asarray(group["ir"][()], dtype=np.int64) if "ir" in group else np.zeros(0, np.int64)
-    data = group["data"][()] if "data" in group else np.zeros(0)
+    nrows = int(np.asarray(_attr(group, "MATLAB_sparse")).ravel()[0])
+    jc = np.asarray(_read_dataset(group["jc"]), dtype=np.int64).ravel()
+    ir = np.asarray(_read_dataset(group["ir"]), dtype=np.int64).ravel() if "ir" in group else np.zeros(0, np.int64)
+    data = _read_dataset(group["data"]) if "data" in group else np.zeros(0)
+    if (nrows < 0 or jc.size == 0 or jc[0] != 0 or (np.diff(jc) < 0).any() or jc[-1] > min(ir.size, np.size(data))
+            or (ir.size and (ir.min() < 0 or ir.max() >= nrows))):
+        raise FormatError("sparse array with inconsistent jc/ir/data")
     if getattr(data, "dtype", None) is not None and data.dtype.names and "real" in data.dtype.names:
         data = data["real"] + 1j * data["imag"]
     data = np.asarray(data, dtype=_CLASS_TO_DTYPE.get(cls, np.float64) if cls != "logical" else np.bool_)
