@@ -22,6 +22,7 @@ COMMANDS = {
     "diff": "diff",
     "reproduce": "reproduce",
     "make-lists": "make_lists",
+    "export": "export",
 }
 
 EPILOG = """\
