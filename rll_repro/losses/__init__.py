@@ -31,7 +31,20 @@ the value and a zero gradient, which would only surface later as a NaN loss.
 from __future__ import annotations
 
 from rll_repro.losses._base import MODES, _check_embeddings, _check_per_sample, _distances, _l2_caffe, _l2_plain
+from rll_repro.losses.binomial_deviance import BinomialDevianceLoss
+from rll_repro.losses.contrastive import ContrastiveLoss
+from rll_repro.losses.lifted_structure import LiftedStructureLoss
+from rll_repro.losses.margin import MarginLoss, distance_weighted_negatives
+from rll_repro.losses.multi_similarity import MultiSimilarityLoss
+from rll_repro.losses.nca import NCALoss
 from rll_repro.losses.osm_caa import OSMCAALoss, paper_osm_caa_loss
 from rll_repro.losses.ranked_list import RankedListLoss, paper_ranked_list_loss
+from rll_repro.losses.triplet import TripletLoss
 
-__all__ = ["RankedListLoss", "OSMCAALoss", "paper_ranked_list_loss", "paper_osm_caa_loss"]
+# The baselines of the papers' tables, called like RankedListLoss: loss_fn(embeddings, labels).
+BASELINE_LOSSES = (ContrastiveLoss, TripletLoss, LiftedStructureLoss, BinomialDevianceLoss, MarginLoss, NCALoss,
+                   MultiSimilarityLoss)
+
+__all__ = ["RankedListLoss", "OSMCAALoss", "paper_ranked_list_loss", "paper_osm_caa_loss", "ContrastiveLoss",
+           "TripletLoss", "LiftedStructureLoss", "BinomialDevianceLoss", "MarginLoss", "NCALoss",
+           "MultiSimilarityLoss", "BASELINE_LOSSES", "distance_weighted_negatives"]
