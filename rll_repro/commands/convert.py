@@ -127,11 +127,16 @@ def unflatten(flat: dict, where: str) -> "dict[str, list]":
     """'<layer>/<i>' keys (the layer name may contain '/') -> {layer: [arrays in index order]}."""
     from rll_repro.errors import FormatError
 
+    import numpy as np
+
     grouped: dict[str, dict[int, object]] = {}
     for key, array in flat.items():
         layer, sep, index = key.rpartition("/")
         if not sep or not index.isdigit() or not layer:
             raise FormatError(f"{where}: key {key!r} is not '<layer name>/<blob index>'")
+        kind = np.asarray(array).dtype
+        if kind.kind not in "biuf":
+            raise FormatError(f"{where}: key {key!r} holds a {kind} array; Caffe blobs hold real numbers")
         grouped.setdefault(layer, {})[int(index)] = array
     out = {}
     for layer, blobs in grouped.items():

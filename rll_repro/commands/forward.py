@@ -1,6 +1,8 @@
 """rll-repro forward: run a net once (and optionally backward) and save every blob like Caffe holds it."""
 from __future__ import annotations
 
+import math
+
 HELP = "run a net's forward (and backward) pass on inputs from an .npz; save every blob, diff and param"
 DESCRIPTION = """\
 Build NET.prototxt in the given phase, load --weights (copy by layer name, as Caffe's
@@ -39,6 +41,30 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", required=True, help="output .npz")
 
 
+def _check_numeric(array, where: str) -> None:
+    from rll_repro.errors import DataError
+
+    if array.dtype.kind not in "biuf":
+        raise DataError(f"{where}: a {array.dtype} array; net inputs are real numbers")
+
+
+def check_inputs(inputs: dict, net, where: str) -> None:
+    """Every input array is numeric and fits its input blob: the blob's shape, or another batch
+    size with the same other axes (the net is reshaped, as pycaffe's reshape + forward does), or
+    the same number of values in fewer axes (Net.forward's rule); else a DataError naming ``where``."""
+    from rll_repro.errors import DataError
+
+    for name, array in inputs.items():
+        _check_numeric(array, f"{where}: {name}")
+        shape = tuple(net.blobs[name].shape)
+        got = tuple(array.shape)
+        same_size = array.ndim < len(shape) and array.size == math.prod(shape)
+        if got == shape or same_size or (len(got) == len(shape) and got[1:] == shape[1:] and len(got)):
+            continue
+        raise DataError(f"{where}: input {name!r} has shape {got}, the net's input blob has shape {shape}"
+                        + (" (only the batch axis may differ)" if len(got) == len(shape) else ""))
+
+
 def run(args) -> int:
     import io
 
@@ -61,6 +87,12 @@ def run(args) -> int:
     missing = [n for n in net.inputs if n not in inputs]
     if missing:
         raise DataError(f"{args.inputs}: no array for input blob(s) {', '.join(missing)} (has: {', '.join(archive)})")
+    check_inputs(inputs, net, args.inputs)
+    unknown = [n for n in top_diffs if n not in net.blobs]
+    if unknown:
+        raise DataError(f"{args.inputs}: 'topdiff/{unknown[0]}' names no blob of {args.net}")
+    for name, array in top_diffs.items():
+        _check_numeric(array, f"{args.inputs}: topdiff/{name}")
     out = {}
     for layer, blobs in net.params.items():  # as loaded, before Forward (BatchNorm's sums change in it)
         for i, blob in enumerate(blobs):
@@ -72,6 +104,11 @@ def run(args) -> int:
     for name in scalar_tops:
         out[f"loss_fwd/{name}"] = np.array(net.blobs[name].data)
     if args.backward:
+        for name, array in top_diffs.items():
+            shape = tuple(net.blobs[name].shape)
+            if tuple(array.shape) != shape and array.size != math.prod(shape):
+                raise DataError(f"{args.inputs}: topdiff/{name} has shape {tuple(array.shape)}, "
+                                f"the blob {name!r} of {args.net} has shape {shape}")
         net.backward(**top_diffs)
         for name, blob in net.blobs.items():
             out[f"diff/{name}"] = np.array(blob.diff)

@@ -102,11 +102,24 @@ def run(args) -> int:
         report.update(solverstate_report(message))
     else:
         report.update(binaryproto_report(message, str(path)))
+    report = _text_only(report)
     if args.json:
         print(json.dumps(report))
     else:
         print(format_report(report))
     return 0
+
+
+def _text_only(value):
+    """``value`` with every bytes object decoded: protobuf hands back a string field that is not
+    valid UTF-8 as bytes; show it as text with its bad bytes escaped (b'\\xff' -> '\\xff')."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "backslashreplace")
+    if isinstance(value, dict):
+        return {_text_only(k): _text_only(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_text_only(v) for v in value]
+    return value
 
 
 def _format_of(path, kind) -> str:

@@ -219,6 +219,23 @@ def _path_rows(cells, path, name) -> tuple[list[str], np.ndarray | None]:
     raise DataError(f"{path}: {name}{{{bad + 1}}} is a {type(cells[bad]).__name__}, expected a path string")
 
 
+def _query_num(value, path, n_items: int) -> int:
+    """``query_num`` (In-shop: the first query_num rows are queries): one whole number in 0..n_items."""
+    arr = np.asarray(value) if isinstance(value, np.ndarray) else None
+    if arr is None or arr.size != 1 or arr.dtype.kind not in "biuf":
+        raise DataError(f"{path}: query_num must be one number, got {_describe(value)}")
+    number = arr.ravel()[0]
+    if not np.isfinite(number) or number != int(number) or not 0 <= number <= n_items:
+        raise DataError(f"{path}: query_num = {number} is not a whole number between 0 and {n_items} (the list's length)")
+    return int(number)
+
+
+def _describe(value) -> str:
+    if isinstance(value, np.ndarray):
+        return f"a {value.dtype} array of shape {value.shape}"
+    return f"a {type(value).__name__}"
+
+
 def load_image_list(path, variable: str | Sequence[str] | None = None, *, data_root=None,
                     strip_prefix: str | None = None, check: bool = False) -> ImageList:
     """Read an original list (paths or OSM data cells) + ``class_ids``; see the module docstring."""
@@ -235,7 +252,7 @@ def load_image_list(path, variable: str | Sequence[str] | None = None, *, data_r
     ids = _class_ids(data, path, len(paths))
     n_query = None
     if "query_num" in data:
-        n_query = int(np.asarray(data["query_num"]).ravel()[0])
+        n_query = _query_num(data["query_num"], path, len(paths))
     elif name in ("EvaImagePathBoxCell", "TestImagePathBoxCell") and len(paths) == INSHOP_N_QUERY + 12612:
         n_query = INSHOP_N_QUERY
     out = ImageList(paths=paths, class_ids=ids, boxes=boxes, source=str(path), variable=name, n_query=n_query)
