@@ -1,7 +1,8 @@
 """rll-repro make-lists: the original .mat image lists from a standard dataset folder."""
 from __future__ import annotations
 
-HELP = "build the original .mat image lists (SOP, In-shop, Market-1501, CUB, Cars196) from a dataset folder"
+HELP = ("build the original .mat image lists (SOP, In-shop, Market-1501, CUB, Cars196, MARS, LPW) "
+        "from a dataset folder")
 DESCRIPTION = """\
 Write OUT.mat with the variables the original MATLAB scripts load, from a dataset's standard layout
 and standard split (relative paths unless --absolute; load with --data-root ROOT):
@@ -20,6 +21,15 @@ and standard split (relative paths unless --absolute; load with --data-root ROOT
   cars    ROOT = Cars196 with cars_annos.mat + car_ims/ (or devkit/cars_train_annos.mat and
           devkit/cars_test_annos_withlabels.mat + cars_train/, cars_test/)
           train = classes 1-98, test = 99-196
+  mars    ROOT = MARS (bbox_train/, bbox_test/, info/ of the evaluation kit: train_name.txt,
+          test_name.txt, tracks_train_info.mat, tracks_test_info.mat, query_IDX.mat)
+          train -> train_tracklets (frame-path cells), train_labels (0..624, fed as stored)
+          test  -> test_tracklets, test_labels (person ids; 0 junk, -1 distractors), test_cameras
+          query -> query_IDX (1-based test tracklet indices)
+  lpw     ROOT = LPW's pep_256x128 (scen1..3/view<V>/<pid>/<frame>.jpg; one tracklet per folder)
+          train = scenes 2+3 -> train_tracklets, train_labels (1..1975 over (scene, pid))
+          test = scene 1, view-2 tracklets first (the probes) -> test_tracklets, test_labels,
+          test_cameras (view)
 
 --boxes (cub, cars) writes N x 2 cells {path, [x1 y1 x2 y2]} (1-based inclusive).
 --osm-data (cub, cars) writes the OSM+CAA offline data cells instead (224x224x3 single images,
@@ -32,15 +42,18 @@ examples:
   rll-repro make-lists inshop /data/InShop InshopClothes_EvaImagePathBoxCell.mat --split eval --v7.3
   rll-repro make-lists market /data/Market-1501 Market1501_evaluation.mat --split evaluation
   rll-repro make-lists cars /data/cars196 bbox_train_data_cell.mat --boxes --osm-data
+  rll-repro make-lists mars /data/MARS query_IDX.mat --split query
+  rll-repro make-lists lpw /data/pep_256x128 test_data_tracklet_format.mat --split test
 """
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("dataset", choices=["sop", "inshop", "market", "cub", "cars"], help="dataset layout")
+    parser.add_argument("dataset", choices=["sop", "inshop", "market", "cub", "cars", "mars", "lpw"], help="dataset layout")
     parser.add_argument("root", metavar="ROOT", help="the dataset folder")
     parser.add_argument("out", metavar="OUT.mat", help="output .mat file (written atomically)")
     parser.add_argument("--split", default="train",
-                        help="train (default), test (sop, cub, cars), eval (inshop), evaluation (market)")
+                        help="train (default), test (sop, cub, cars, mars, lpw), eval (inshop), evaluation (market), "
+                             "query (mars)")
     parser.add_argument("--v7.3", dest="v73", action="store_true", help="write MATLAB v7.3 (HDF5) instead of v5")
     parser.add_argument("--absolute", action="store_true", help="write absolute image paths")
     parser.add_argument("--boxes", action="store_true", help="N x 2 {path, box} cells (cub, cars)")
@@ -64,10 +77,12 @@ def run(args) -> int:
         if isinstance(value, np.ndarray):
             parts.append(f"{name} {' x '.join(map(str, value.shape))}")
         elif isinstance(value, list):
-            parts.append(f"{name} {len(value)} x 1")
+            frames = sum(len(v) for v in value if isinstance(v, list))
+            parts.append(f"{name} {len(value)} x 1" + (f" ({frames} frames)" if frames else ""))
         else:
             parts.append(name)
-    if "class_ids" in variables:
-        parts.append(f"{len(np.unique(variables['class_ids']))} classes")
+    for ids in ("class_ids", "train_labels"):
+        if ids in variables:
+            parts.append(f"{len(np.unique(variables[ids]))} classes")
     print(f"wrote {args.out} ({'v7.3' if args.v73 else 'v5'}): " + ", ".join(parts))
     return 0

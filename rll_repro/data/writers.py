@@ -18,6 +18,8 @@ dataset           what ROOT holds                                 splits -> vari
                   ``bounding_box_test/``, ``query/``, ``gt_bbox/``  evaluation: ``testID testCAM
                                                                   testImagesCell queryID queryCAM
                                                                   queryImagesCell multiQueryImagesCell``
+``mars``/``lpw``  tracklet lists (``train/test_tracklets``, ``_labels``, ``test_cameras``; MARS
+                  ``query_IDX``): :mod:`rll_repro.data.video_layouts`
 ================  ==============================================  =====================================
 
 Relabelling (SOP, In-shop, Market) maps the sorted original ids to 1..K, as the original
@@ -38,12 +40,14 @@ from typing import Any
 
 import numpy as np
 
+from rll_repro.data import video_layouts
 from rll_repro.errors import DataError
 from rll_repro.matfile import loadmat, savemat
 
 SPLITS = {
     "cub": ("train", "test"), "cars": ("train", "test"), "sop": ("train", "test"),
     "inshop": ("train", "eval"), "market": ("train", "evaluation"),
+    "mars": video_layouts.MARS_SPLITS, "lpw": video_layouts.LPW_SPLITS,
 }
 
 
@@ -197,6 +201,9 @@ def build_lists(dataset: str, root, split: str, *, absolute: bool = False, boxes
                 "class_ids": ids.astype(np.float64).reshape(-1, 1)}
     if boxes:
         raise DataError(f"{dataset} lists have no boxes (--boxes is for cub and cars)")
+    if dataset in ("mars", "lpw"):
+        build = video_layouts.build_mars if dataset == "mars" else video_layouts.build_lpw
+        return build(root, split, absolute=absolute)
     if dataset == "sop":
         rel, ids, _ = sop_split(root, split)
         return {_list_name(split): _paths(root, rel, absolute), "class_ids": relabel(ids)}
