@@ -155,10 +155,12 @@ def run(out_dir, *, max_iter: int | None = None, seed: int = SEED, echo_log: boo
     model = out / f"digits_iter_{solver.iter}.caffemodel"
     history.save_json(out / "history.json")
     plot_curves(history.iterations, history.losses, history.rates, out / "curves.png", title="RLL on digits")
+    from rll_repro.fileio import atomic_save_npy
+
     test_images = data.images[data.test_index]
     with torch.no_grad():
         features = embed(str(model), test_images)
-    np.save(out / "test_features.npy", features)
+    atomic_save_npy(out / "test_features.npy", features)  # never left half-written on a full disk
     ours = recall(features, data.target[data.test_index])
     pixels = (test_images.reshape(len(test_images), -1) + np.float32(128)) / np.float32(16)
     raw = recall(pixels, data.target[data.test_index])
