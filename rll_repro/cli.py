@@ -3,7 +3,8 @@
 Each command module defines ``HELP`` (one line), ``DESCRIPTION`` (the text ``--help`` teaches, with
 examples), ``add_arguments(parser)`` and ``run(args) -> int``. Modules import heavy libraries inside
 ``run`` so that ``rll-repro --help`` stays instant. Any :class:`~rll_repro.errors.RLLReproError`
-(and a missing input file) becomes one line on stderr and exit code 2; ``--debug`` shows tracebacks.
+and any OSError (a missing input, a full disk, a read-only file system) becomes one line on stderr
+naming the file, and exit code 2; ``--debug`` shows tracebacks.
 """
 from __future__ import annotations
 
@@ -80,16 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
+    _paths_print_as_given()
     try:
         return int(args._run(args) or 0)
-    except (RLLReproError, FileNotFoundError, IsADirectoryError, PermissionError) as exc:
-        if args.debug:
-            raise
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        if isinstance(exc, (FileNotFoundError, IsADirectoryError, PermissionError)) and exc.filename:
-            message = f"{exc.filename}: {exc.strerror}"
-        print(f"rll-repro {args.verb}: error: {message}", file=sys.stderr)
-        return 2
     except BrokenPipeError:
         # The reader went away (`rll-repro inspect --json X | head`): stop quietly, as Unix tools do
         # on SIGPIPE, and keep Python from complaining when it flushes stdout at exit.
@@ -97,9 +91,31 @@ def main(argv: list[str] | None = None) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except (RLLReproError, OSError) as exc:  # OSError: missing input, full disk, read-only file system ...
+        if args.debug:
+            raise
+        print(f"rll-repro {args.verb}: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"rll-repro {args.verb}: interrupted", file=sys.stderr)
         return 130
+
+
+def _one_line(exc: Exception) -> str:
+    """The error's first line; an OSError as 'FILE: what' (e.g. 'out.npz: No space left on device')."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+    text = str(exc)
+    return text.splitlines()[0] if text.strip() else type(exc).__name__
+
+
+def _paths_print_as_given() -> None:
+    """File names from the command line that are not UTF-8 (held as surrogate escapes) print as
+    their original bytes instead of raising UnicodeEncodeError in 'wrote FILE' lines."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None and getattr(stream, "errors", "") == "strict":
+            reconfigure(errors="surrogateescape")
 
 
 if __name__ == "__main__":

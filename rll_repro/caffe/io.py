@@ -222,13 +222,22 @@ def _decode_text(data: bytes, path) -> str:
 
 
 _PARSE_PREFIX = re.compile(r"^\d+:\d+\s*:\s*")
+_LONG_WORD = re.compile(r"\S{61,}")
+_MAX_REASON = 300
+
+
+def _short_context(reason: str) -> str:
+    """The parser's message with long quoted context cut (protobuf echoes the whole offending
+    token, which on a damaged file can be a line of kilobytes)."""
+    reason = _LONG_WORD.sub(lambda m: m.group(0)[:60] + "...", reason)
+    return reason if len(reason) <= _MAX_REASON else reason[:_MAX_REASON] + "..."
 
 
 def _parse_text(text: str, msg, where):
     try:
         text_format.Parse(text, msg)
     except text_format.ParseError as exc:
-        reason = _PARSE_PREFIX.sub("", str(exc).splitlines()[0] if str(exc) else "syntax error")
+        reason = _short_context(_PARSE_PREFIX.sub("", str(exc).splitlines()[0] if str(exc) else "syntax error"))
         if "got /" in reason or "'/'" in reason:
             reason += " (prototxt comments start with '#', not '//')"
         line, col = exc.GetLine(), exc.GetColumn()
