@@ -94,10 +94,16 @@ class MetricLoss(nn.Module):
         super().__init__()
         self.normalize = bool(normalize)
 
-    def prepare(self, embeddings, labels) -> PairBatch:
-        who = type(self).__name__
-        emb = _check_embeddings(embeddings, who)
-        labels = _check_per_sample(labels, emb.shape[0], who, "labels", emb.device)
+    def prepare(self, embeddings, labels, check: bool = True) -> PairBatch:
+        """The batch geometry; ``check=False`` (the Caffe layers: no host read on a training step)
+        only flattens (N, D, 1, 1) and moves the labels (the net has checked the shapes)."""
+        if check:
+            who = type(self).__name__
+            emb = _check_embeddings(embeddings, who)
+            labels = _check_per_sample(labels, emb.shape[0], who, "labels", emb.device)
+        else:
+            emb = embeddings.reshape(embeddings.shape[0], -1)
+            labels = labels.reshape(emb.shape[0]).to(emb.device)
         if self.normalize:
             emb = torch.nn.functional.normalize(emb, dim=1, eps=NORMALIZE_EPS)
         return PairBatch(emb, labels)
@@ -106,4 +112,5 @@ class MetricLoss(nn.Module):
         return self.compute(self.prepare(embeddings, labels))
 
     def compute(self, batch: PairBatch) -> torch.Tensor:
+        """The loss of a prepared batch (the subclass's formula)."""
         raise NotImplementedError

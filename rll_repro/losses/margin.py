@@ -97,13 +97,15 @@ class MarginLoss(MetricLoss):
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
                 generator: torch.Generator | None = None) -> torch.Tensor:
-        batch = self.prepare(embeddings, labels)
+        return self.compute(self.prepare(embeddings, labels), generator)
+
+    def compute(self, batch: PairBatch, generator: torch.Generator | None = None) -> torch.Tensor:
         if self.sampling == "all":
-            return self.compute(batch)
+            return self.triplet_loss(batch, None)
         g = generator if generator is not None else self.generator_for(batch.emb.device)
         negatives = distance_weighted_negatives(batch.dist, batch.neg, batch.emb.shape[1], self.cutoff,
                                                 self.nonzero_loss_cutoff, g)
-        return self.compute(batch, negatives)
+        return self.triplet_loss(batch, negatives)
 
     def anchor_beta(self, batch: PairBatch) -> torch.Tensor:
         """(N,) beta of each anchor's class (or the one shared beta)."""
@@ -118,7 +120,8 @@ class MarginLoss(MetricLoss):
             raise DataError(f"MarginLoss: labels must lie in [0, num_classes = {self.num_classes}) for per-class beta")
         return beta[labels]
 
-    def compute(self, batch: PairBatch, negatives: torch.Tensor | None = None) -> torch.Tensor:
+    def triplet_loss(self, batch: PairBatch, negatives: torch.Tensor | None) -> torch.Tensor:
+        """The loss over the triplets (a, p, negatives[a, p]), or over every triplet if None."""
         d = batch.dist
         beta = self.anchor_beta(batch)[:, None]  # (N, 1)
         has_neg = batch.neg.any(1, keepdim=True)
