@@ -79,6 +79,23 @@ def print_results(results: dict) -> None:
     print("  ".join(f"{k} {v:.2f}" for k, v in results.items() if not k.startswith("_")))
 
 
+def check_features(features, where) -> None:
+    """Errors the metrics would raise about "features", raised here naming the file: a
+    non-numeric array, or a row that cannot be L2-normalised without epsilon (zero or non-finite)."""
+    import numpy as np
+
+    from rll_repro.errors import DataError
+
+    if features.dtype.kind not in "biuf":
+        raise DataError(f"{where}: features must be numbers, got a {features.dtype} array")
+    x = features.astype(np.float32, copy=False)
+    norms = np.einsum("ij,ij->i", x, x, dtype=np.float32)  # the squared norms knn.l2_normalize takes
+    bad = ~np.isfinite(norms) | (norms == 0)
+    if bad.any():
+        raise DataError(f"{where}: row {int(np.flatnonzero(bad)[0])} has zero or non-finite norm "
+                        f"({int(bad.sum())} such rows); cannot L2-normalise without epsilon")
+
+
 def run(args) -> int:
     import numpy as np
 
@@ -91,6 +108,7 @@ def run(args) -> int:
         raise DataError(f"{args.features}: features must be 2-D (images x dims), got shape {features.shape}")
     if labels.shape[0] != features.shape[0]:
         raise DataError(f"{args.labels}: {labels.shape[0]} labels for {features.shape[0]} feature rows")
+    check_features(features, args.features)
     args._query_mask_array = None
     if args.query_mask:
         mask = load_array(args.query_mask, "query_mask").reshape(-1)
