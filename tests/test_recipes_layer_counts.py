@@ -46,7 +46,8 @@ def test_train_net_is_bn_inception_with_its_losses(s):
     assert types["BatchNorm"] == types["Scale"] == types["ReLU"] == 73
     assert types["Concat"] == (11 if s.tracklets_per_class else 10)
     if s.paper == "rll":
-        assert types["DistanceWeightedValidPairLossV12"] == 3
+        # the CVPR-era settings run the port's type string for that era's layer (SPEC rll §1.5)
+        assert types["DistanceWeightedValidPairLossV12"] + types["DistanceWeightedValidPairLossV12CVPR19"] == 3
     else:
         assert types["DistanceWeightedValidPairLossV5"] == (2 if s.tracklets_per_class else 1)
         assert types["WeightedSoftmaxWithLoss"] == (4 if s.tracklets_per_class else 3)

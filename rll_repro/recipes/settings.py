@@ -29,6 +29,12 @@ RLL_COMMIT = "fac7bb98a6d785a1f6e2544d06bd9efe55077079"
 OSM_REPOSITORY = "XinshaoAmosWang/OSM_CAA_WeightedContrastiveLoss"
 OSM_COMMIT = "d9f516ce432b38dfb5755d40926c49bedf22483d"
 
+# Where a setting's configuration comes from (``reproduce --list`` / ``--coverage`` print it).
+PROVENANCE_RELEASED = "as released"                  # the files of the commit the README points to
+PROVENANCE_OLDER_COMMIT = "released in an older commit"  # files found only in an earlier commit
+PROVENANCE_RECONSTRUCTED = "reconstructed"           # no config file exists: rebuilt from the sources
+PROVENANCES = (PROVENANCE_RELEASED, PROVENANCE_OLDER_COMMIT, PROVENANCE_RECONSTRUCTED)
+
 PRETRAINED_WEIGHTS = "googlenet_bn.caffemodel"
 """BN-Inception ImageNet weights (``pretrain_model/googlenet_bn.caffemodel`` in both repositories).
 Users supply it; nothing is downloaded. Loaded with ``copy_from`` (by layer name)."""
@@ -119,6 +125,20 @@ class Setting:
     tracklets_per_class: int | None = None   # video settings: K = tracklets x frames
     frames_per_tracklet: int | None = None
     notes: str = ""
+    provenance: str = ""         # one of PROVENANCES; "" = derived (see :attr:`release_status`)
+
+    @property
+    def release_status(self) -> str:
+        """``provenance`` if set, else "as released" for a file of the released commits and
+        "reconstructed" for a setting without an original file (demo, baselines)."""
+        if self.provenance:
+            return self.provenance
+        original = getattr(self.train, "original", None)
+        if original is None or self.paper not in ("rll", "osm_caa"):
+            return PROVENANCE_RECONSTRUCTED
+        if original.commit in (RLL_COMMIT, OSM_COMMIT):
+            return PROVENANCE_RELEASED
+        return PROVENANCE_OLDER_COMMIT
 
     @property
     def batch_size(self) -> int:
@@ -147,7 +167,8 @@ class Setting:
             return obj
 
         out = strip(asdict(self))
-        out.update(batch_size=self.batch_size, snapshot_iters=list(self.snapshot_iters))
+        out.update(batch_size=self.batch_size, snapshot_iters=list(self.snapshot_iters),
+                   release_status=self.release_status)
         return out
 
     def describe(self) -> str:
