@@ -234,7 +234,10 @@ def model_path(out, iteration: int) -> Path:
 
 def train(setting, inputs: Inputs, out, *, max_iter: int | None = None, extra_saves=(), seed=None,
           workers: int = 0, echo: bool = False, progress: bool | None = None) -> dict:
-    """Train (or resume) to ``max_iter``; returns ``{"iter", "resumed_from", "snapshots"}``."""
+    """Train (or resume) to ``max_iter``; returns ``{"iter", "resumed_from", "snapshots"}`` (of the
+    whole run), ``log`` (this start's log file), ``environment`` (this start's thread count, torch,
+    BLAS: :func:`rll_repro.train.run_environment`) and ``segments`` (each start of the run: first and
+    end iteration, log, environment). history.json and curves.png hold the whole run."""
     from rll_repro import recipes
     from rll_repro.solver import get_solver
     from rll_repro.train import Schedule, latest_snapshot, run_training
@@ -259,28 +262,12 @@ def train(setting, inputs: Inputs, out, *, max_iter: int | None = None, extra_sa
             log.info(f"Copying weights from {inputs.weights}", source="net.cpp:copy_from")
             solver.net.copy_from(str(inputs.weights))
         history = run_training(solver, source, schedule, log, progress=progress,
-                               on_snapshot=lambda h: _append_history(out / "history.json", h))
-    if history.iterations:
-        _append_history(out / "history.json", history)
-        data = json.loads((out / "history.json").read_text())
-        plot_curves(data["iteration"], data["loss"], data["lr"], out / "curves.png", title=setting.name)
-    return {"iter": solver.iter, "resumed_from": str(latest) if latest else None, "snapshots": history.snapshots}
-
-
-def _append_history(path: Path, history) -> None:
-    """history.json over all (resumed) sessions, saved at every snapshot too: entries of iterations
-    redone after a kill are replaced."""
-    from rll_repro.fileio import atomic_write_text
-
-    old = json.loads(path.read_text()) if path.exists() else {"iteration": [], "loss": [], "lr": [], "snapshots": []}
-    first = history.iterations[0]
-    keep = [i for i, it in enumerate(old["iteration"]) if it < first]
-    merged = {k: [old[k][i] for i in keep] for k in ("iteration", "loss", "lr")}
-    merged["iteration"] += history.iterations
-    merged["loss"] += history.losses
-    merged["lr"] += history.rates
-    merged["snapshots"] = list(dict.fromkeys(old.get("snapshots", []) + history.snapshots))
-    atomic_write_text(path, json.dumps(merged) + "\n")
+                               history_path=out / "history.json", resumed_from=latest)
+    if history.iterations:  # the whole run (every resumed session), redrawn even if nothing was left to do
+        plot_curves(history.iterations, history.losses, history.rates, out / "curves.png", title=setting.name)
+    return {"iter": solver.iter, "resumed_from": str(latest) if latest else None, "snapshots": history.snapshots,
+            "log": log.run_path.name, "environment": history.segments[-1]["environment"],
+            "segments": history.segments}
 
 
 # -------------------------------------------------------------------------------- evaluation

@@ -9,6 +9,20 @@ input blobs, ``solver.step(1)``; every ``output_interval`` iterations log the lo
 A batch source is anything with ``batch(iteration) -> {input blob: array}`` and
 ``state_dict()``/``load_state_dict()``; its state goes into the snapshot's side file so a resume is
 bitwise identical to an unbroken run.
+
+Threads: on the CPU the float32 result of a training step depends on the number of torch threads.
+Measured (torch 2.14.1, MKL + oneDNN): the convolution weight gradient is a sum over the batch
+that oneDNN (and, with oneDNN off, the GEMMs of torch's own im2col path) splits across threads,
+so its rounding changes with the thread count (1 vs 2 threads: 1e-4 relative on the digits
+net's conv1 after one step; training is chaotic, so R@1 ends points apart). Forward passes,
+matmuls of these sizes and torch's own reductions measured thread-count independent. Training
+therefore runs with :data:`DEFAULT_THREADS` unless told otherwise (:func:`configure_threads`,
+``--threads``), whatever the machine's core count or ``OMP_NUM_THREADS``; the count, torch and
+BLAS are recorded (:func:`run_environment`) in the log header and in history.json / results.json.
+
+History: with ``history_path`` the run's history.json holds the WHOLE run: a resumed run starts
+from the history of the run that wrote the snapshot (the iterations before it), and the file is
+rewritten at every snapshot, so a kill loses at most what the next resume redoes anyway.
 """
 from __future__ import annotations
 
@@ -21,6 +35,52 @@ import numpy as np
 
 from rll_repro.errors import DataError, TrainingError
 from rll_repro.progress import Progress
+
+#: torch CPU threads for training unless --threads says otherwise (see the module doc): one, the
+#: count every machine has, so a run gives the same numbers on any of them (same CPU kind).
+DEFAULT_THREADS = 1
+
+
+def configure_threads(threads: int | None = None) -> int:
+    """Set torch's intra-op thread count for a training run: ``threads``, else
+    :data:`DEFAULT_THREADS`; returns it. A count below 1 is a DataError."""
+    import torch
+
+    count = DEFAULT_THREADS if threads is None else int(threads)
+    if count < 1:
+        raise DataError(f"--threads must be >= 1, got {threads}")
+    torch.set_num_threads(count)
+    return count
+
+
+def run_environment(device=None) -> dict:
+    """What a run's float32 numbers depend on: torch threads, torch / numpy versions, BLAS, the
+    parallel backend, the CPU's vector unit and model, the device."""
+    import re
+
+    import torch
+
+    config = torch.__config__.show()
+    blas = re.search(r"BLAS_INFO=([^,\s]+)", config)
+    backend = re.search(r"ATen parallel backend: (.+)", torch.__config__.parallel_info())
+    return {"threads": torch.get_num_threads(), "torch": torch.__version__, "numpy": np.__version__,
+            "blas": blas.group(1) if blas else "unknown",
+            "parallel": backend.group(1).strip() if backend else "unknown",
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu": _cpu_model(),
+            "device": str(device) if device is not None else "cpu"}
+
+
+def _cpu_model() -> str:
+    import platform
+
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
 
 
 class BatchSource(Protocol):
@@ -51,18 +111,80 @@ class Schedule:
 
 @dataclass
 class History:
-    """Per-iteration loss (the post-step loss top) and learning rate of a run."""
+    """Per-iteration loss (the post-step loss top) and learning rate of a run, its snapshots, and
+    its segments (one per start: ``start``/``end`` iteration, ``log`` file, ``environment``)."""
 
     iterations: list[int] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
     rates: list[float] = field(default_factory=list)
     snapshots: list[str] = field(default_factory=list)
+    segments: list[dict] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {"iteration": self.iterations, "loss": self.losses, "lr": self.rates,
+                "snapshots": self.snapshots, "segments": self.segments}
 
     def save_json(self, path) -> None:
         from rll_repro.fileio import atomic_write_text
 
-        atomic_write_text(path, json.dumps({"iteration": self.iterations, "loss": self.losses,
-                                            "lr": self.rates, "snapshots": self.snapshots}) + "\n")
+        atomic_write_text(path, json.dumps(self.to_json()) + "\n")
+
+    @classmethod
+    def load_json(cls, path) -> "History | None":
+        """The history saved at ``path``; None when missing or not a history (never raises: an
+        unreadable history only costs the curves their earlier part, never the run)."""
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+            its, losses, rates = (list(data[k]) for k in ("iteration", "loss", "lr"))
+            if not (len(its) == len(losses) == len(rates)) or not all(isinstance(i, int) for i in its):
+                return None
+            return cls([int(i) for i in its], [float(v) for v in losses], [float(v) for v in rates],
+                       [str(x) for x in data.get("snapshots", [])],
+                       [dict(x) for x in data.get("segments", []) if isinstance(x, dict)])
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+            return None
+
+    def before(self, iteration: int) -> "History":
+        """The part of the run before ``iteration`` (what a resume from there keeps)."""
+        keep = [i for i, it in enumerate(self.iterations) if it < iteration]
+        segments = []
+        for seg in self.segments:
+            if int(seg.get("start", 0)) < iteration:
+                segments.append({**seg, "end": min(int(seg.get("end", iteration)), iteration)})
+        return History([self.iterations[i] for i in keep], [self.losses[i] for i in keep],
+                       [self.rates[i] for i in keep],
+                       [s for s in self.snapshots if (_snapshot_iteration(s) or 0) <= iteration], segments)
+
+
+def _snapshot_iteration(path) -> int | None:
+    stem = Path(path).name.rsplit("_iter_", 1)[-1].split(".", 1)[0]
+    return int(stem) if stem.isdigit() else None
+
+
+def prior_history(snapshot, history_path=None) -> History | None:
+    """The history of the run that wrote ``snapshot``, cut at its iteration: ``history_path`` (the
+    run folder's history.json) or the history.json beside the snapshot or one folder up, the first
+    that lists this snapshot or (in the snapshot's own run folder) one of the same name stem."""
+    snapshot = Path(snapshot)
+    iteration = _snapshot_iteration(snapshot)
+    if iteration is None:
+        return None
+    stem = snapshot.name.rsplit("_iter_", 1)[0]
+    own = {snapshot.parent.resolve(), snapshot.parent.parent.resolve()}
+    seen = set()
+    for path in (history_path, snapshot.parent / "history.json", snapshot.parent.parent / "history.json"):
+        if path is None or Path(path).resolve() in seen or not Path(path).is_file():
+            continue
+        seen.add(Path(path).resolve())
+        history = History.load_json(path)
+        if history is None:
+            continue
+        names = {Path(s).name for s in history.snapshots}
+        same_run = snapshot.name in names or (
+            Path(path).parent.resolve() in own and any(n.rsplit("_iter_", 1)[0] == stem for n in names))
+        if same_run:
+            return history.before(iteration)
+    return None
 
 
 def loss_after_step(net) -> float:
@@ -132,22 +254,47 @@ class LoaderBatchSource:
 
 def run_training(solver, source: BatchSource | None, schedule: Schedule, log=None, *,
                  progress: bool | None = None, on_step: Callable[[int, float], None] | None = None,
-                 on_snapshot: Callable[[History], None] | None = None) -> History:
+                 on_snapshot: Callable[[History], None] | None = None, history_path=None,
+                 resumed_from=None) -> History:
     """Drive ``solver`` to ``schedule.max_iter`` (from ``solver.iter``, so a restored solver resumes).
-    ``on_snapshot(history)`` runs after each periodic snapshot (e.g. to save the history so far)."""
+
+    ``history_path``: history.json of the whole run, saved after every snapshot and at the end; a
+    run resumed from ``resumed_from`` (the restored solverstate) starts from the history of the
+    run that wrote it (:func:`prior_history`). Returns the whole run's history (without
+    ``history_path``: this start's iterations only). ``on_snapshot(history)`` runs after each
+    periodic snapshot. Progress: a bar on a terminal (``progress`` None: auto, False: none), and
+    every ``display`` (else ``output_interval``) iterations a progress line in the log and, off a
+    terminal, on stderr."""
+    start = solver.iter
     history = History()
+    if resumed_from is not None and start > 0:
+        history = prior_history(resumed_from, history_path) or History()
     if source is not None:
         solver.state_hooks["batch_source"] = (source.state_dict, source.load_state_dict)
     elif getattr(solver.net, "inputs", None):
         raise DataError(f"the net has input blobs {', '.join(solver.net.inputs)}: give a data source")
+    environment = run_environment(_net_device(solver.net))
+    segment = {"start": start, "end": start, "log": log.run_path.name if getattr(log, "run_path", None) else None,
+               "environment": environment}
+    history.segments.append(segment)
     if log is not None:
+        log.environment(environment)
+        _log_prior_history(log, history, start, resumed_from)
         log.solving(getattr(solver.net, "name", "") or "net", solver.param.lr_policy)
         solver.log = log  # test-net lines, clipping notes, and Caffe's own lines if `display` is set
+
+    def save() -> None:
+        segment["end"] = solver.iter
+        if history_path is not None:
+            history.save_json(history_path)
+
     # The scripts' loss printout; a solver with `display` logs Caffe's lines itself instead.
     interval = 0 if int(solver.param.display) else max(int(schedule.output_interval or 0), 0)
-    start = solver.iter
+    progress_every = int(solver.param.display) or interval
     try:
-        with Progress(max(schedule.max_iter - start, 0), "train", enabled=progress) as bar:
+        with Progress(max(schedule.max_iter, start), "train", enabled=progress, initial=start) as bar:
+            if log is not None and log.echo and bar.draws:
+                log.echo_write = bar.write  # echoed lines above the bar, not through it
             while solver.iter < schedule.max_iter:
                 it = solver.iter
                 rate = solver.learning_rate()
@@ -157,17 +304,23 @@ def run_training(solver, source: BatchSource | None, schedule: Schedule, log=Non
                 history.iterations.append(it)
                 history.losses.append(loss)
                 history.rates.append(rate)
-                if log is not None and interval and (it % interval == 0 or solver.iter == schedule.max_iter):
+                last = solver.iter == schedule.max_iter
+                if log is not None and interval and (it % interval == 0 or last):
                     log.iteration_loss(it, loss)
                     log.train_outputs(solver.net)
                     log.iteration_lr(it, rate)
                 if schedule.saves_at(solver.iter):
                     history.snapshots.append(solver.snapshot(schedule.snapshot_prefix)[1])
+                    save()
                     if on_snapshot is not None:
                         on_snapshot(history)
                 if on_step is not None:
                     on_step(it, loss)
                 bar.update(1, postfix=f"loss {loss:.4g} lr {rate:.3g}")
+                if progress_every and (it % progress_every == 0 or last):
+                    _report_progress(bar, log)
+            if log is not None:
+                log.echo_write = None
     except TrainingError as exc:
         if log is not None:
             log.info(str(exc), source="solver.cpp:214", level="E")
@@ -178,9 +331,41 @@ def run_training(solver, source: BatchSource | None, schedule: Schedule, log=Non
         solver.test_all()  # Caffe's Solve() tests once more after the last iteration
     if schedule.snapshot_at_end and done > start and not schedule.saves_at(done):
         history.snapshots.append(solver.snapshot(schedule.snapshot_prefix)[1])
+    save()
     if log is not None:
         log.info("Optimization Done.", source="solver.cpp:317")
     return history
+
+
+def _report_progress(bar: Progress, log) -> None:
+    """The progress line: into the log (echoed with it), and on stderr off a terminal unless the
+    log already echoes it there."""
+    status = bar.status()
+    if log is not None:
+        log.progress(status)
+    if log is None or not log.echo:
+        bar.report(f"train: {status}")
+
+
+def _log_prior_history(log, history: History, start: int, resumed_from) -> None:
+    if resumed_from is None or start == 0:
+        return
+    its = history.iterations
+    if not its:
+        log.info(f"No history of iterations 0-{start - 1} found for {Path(resumed_from).name}: "
+                 f"history.json and the curves start at iteration {start}", source="train.py:150", level="W")
+    elif its[0] != 0 or its[-1] != start - 1 or len(its) != start:
+        log.info(f"The history of {Path(resumed_from).name} holds {len(its)} of iterations 0-{start - 1}: "
+                 "the curves have a gap", source="train.py:153", level="W")
+
+
+def _net_device(net):
+    device = getattr(net, "device", None)
+    if device is not None:
+        return device
+    for tensor in getattr(net, "learnable_params", None) or ():
+        return getattr(tensor, "device", None)
+    return None
 
 
 def latest_snapshot(prefix: str | Path) -> Path | None:

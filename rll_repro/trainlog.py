@@ -1,4 +1,4 @@
-"""Training logs in Caffe's glog line format, and the loss / learning-rate plot.
+"""Training logs in Caffe's glog line format, one file per run, and the loss / learning-rate plot.
 
 Lines look like Caffe's, so Caffe's ``tools/extra/parse_log.py`` (and anything built on it) reads
 them::
@@ -10,12 +10,24 @@ them::
 
 parse_log.py needs the ``Solving`` line (its start time), ``Iteration N`` before the outputs, and
 ``lr = X`` lines; the time stamp is ``I<mmdd> <HH:MM:SS.ffffff>`` with the thread id right-aligned
-in 5 columns, as glog writes it.
+in 5 columns, as glog writes it. Every line after ``Solving`` is a glog line (parse_log.py reads a
+time stamp from each).
+
+One file per run, as glog names one per start (``caffe.<host>.<user>.log.INFO.<date>-<time>.<pid>``
+with ``caffe.INFO`` pointing at the latest): ``GlogWriter("run/train.log")`` writes
+``run/train.log.<yyyymmdd-hhmmss>.<pid>`` and makes ``run/train.log`` a symlink to it (a plain
+copy, written alongside, where the file system has no symlinks). parse_log.py thus sees one
+monotone run per file: a rerun or a resume never appends iterations 0.. again to an old log. A
+``train.log`` left as a plain file by an older version is kept, renamed ``train.log.<its
+date>.appended``. Each file starts with glog's header lines (creation time, machine, line format).
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import glob
 import os
+import re
 import sys
 from pathlib import Path
 from typing import IO, Sequence
@@ -33,26 +45,73 @@ def _g(value: float) -> str:
     return f"{float(value):.6g}"
 
 
-class GlogWriter:
-    """Writes glog-format lines to a file and/or a stream (stderr when ``echo``)."""
+RUN_STAMP = "%Y%m%d-%H%M%S"   # glog's <date>-<time> of a log file name
 
-    def __init__(self, path: str | os.PathLike | None = None, echo: bool = False, stream: IO | None = None):
+
+def run_log_paths(path: str | os.PathLike) -> list[Path]:
+    """The per-run logs of ``path`` (``train.log.<stamp>.<pid>``), oldest first."""
+    path = Path(path)
+    runs = [p for p in path.parent.glob(glob.escape(path.name) + ".*") if _RUN_SUFFIX.match(p.name[len(path.name):])]
+    def order(p: Path):
+        stamp, rest = p.name[len(path.name) + 1:].split(".", 1)
+        return stamp, not rest.startswith("appended"), len(rest), rest  # an appended log holds older runs
+
+    return sorted(runs, key=order)
+
+
+_RUN_SUFFIX = re.compile(r"^\.\d{8}-\d{6}\.(\d+|appended)(\.\d+)?$")
+
+
+class GlogWriter:
+    """Writes glog-format lines to a file and/or a stream (stderr when ``echo``).
+
+    With ``per_run`` (default) the lines go to a new file per run and ``path`` points at it (see the
+    module doc; :attr:`run_path` is the file); ``per_run=False`` writes ``path`` itself (truncated).
+    ``echo_write`` (a callable taking a line) replaces the plain stream write, e.g. to print above a
+    progress bar."""
+
+    def __init__(self, path: str | os.PathLike | None = None, echo: bool = False, stream: IO | None = None, *,
+                 per_run: bool = True):
         self.path = Path(path) if path is not None else None
+        self.run_path: Path | None = None
         self._file = None
+        self._mirror = None
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(self.path, "a", encoding="utf-8")
+            if per_run:
+                self._file, self.run_path = _open_run_file(self.path)
+                self._mirror = _point_at(self.path, self.run_path)
+            else:
+                self._file, self.run_path = open(self.path, "w", encoding="utf-8"), self.path
+            self._write_file(_glog_header())
         self.echo = echo
         self.stream = stream or sys.stderr
+        self.echo_write = None
+
+    def _write_file(self, text: str) -> None:
+        for handle in (self._file, self._mirror):
+            if handle is not None:
+                handle.write(text)
+                handle.flush()
 
     def info(self, message: str, source: str = "solver.cpp:228", level: str = "I") -> None:
         line = glog_prefix(level, source) + message + "\n"
-        if self._file is not None:
-            self._file.write(line)
-            self._file.flush()
+        self._write_file(line)
         if self.echo:
-            self.stream.write(line)
-            self.stream.flush()
+            if self.echo_write is not None:
+                self.echo_write(line.rstrip("\n"))
+            else:
+                self.stream.write(line)
+                self.stream.flush()
+
+    def environment(self, env: dict) -> None:
+        """The header line recording what the numbers depend on (thread count, torch, BLAS, CPU)."""
+        self.info("Environment: " + " ".join(f"{k}={_quoted(v)}" for k, v in env.items()), source="train.py:60")
+
+    def progress(self, status: str) -> None:
+        """``Progress: 120/300 (40%), 00:03 elapsed, ETA 00:05, ...`` (never the word 'Iteration N',
+        which parse_log.py would take for an iteration)."""
+        self.info(f"Progress: {status}", source="train.py:170")
 
     # the lines Caffe's Solver writes
     def solving(self, net_name: str, lr_policy: str) -> None:
@@ -80,15 +139,68 @@ class GlogWriter:
         self.info(f"Iteration {it}, lr = {_g(rate)}", source="sgd_solver.cpp:106")
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        for handle in (self._file, self._mirror):
+            if handle is not None:
+                handle.close()
+        self._file = self._mirror = None
 
     def __enter__(self) -> "GlogWriter":
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _quoted(value) -> str:
+    text = str(value)
+    return f'"{text}"' if (not text or any(c.isspace() or c in '"=' for c in text)) else text
+
+
+def _glog_header(now: _dt.datetime | None = None) -> str:
+    """The three lines glog writes at the top of every log file."""
+    import socket
+
+    now = now or _dt.datetime.now()
+    return (f"Log file created at: {now:%Y/%m/%d %H:%M:%S}\n"
+            f"Running on machine: {socket.gethostname()}\n"
+            "Log line format: [IWEF]mmdd hh:mm:ss.uuuuuu threadid file:line] msg\n")
+
+
+def _open_run_file(path: Path) -> tuple[IO, Path]:
+    """A new ``<path>.<yyyymmdd-hhmmss>.<pid>`` (``.1``, ``.2``... if a run of this second exists)."""
+    base = f"{path.name}.{_dt.datetime.now():{RUN_STAMP}}.{os.getpid()}"
+    for n in range(1000):
+        candidate = path.with_name(base if n == 0 else f"{base}.{n}")
+        try:
+            return open(candidate, "x", encoding="utf-8"), candidate
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{path.parent}: too many logs named {base}")
+
+
+def _point_at(link: Path, target: Path):
+    """Make ``link`` a symlink to ``target`` (same folder), replacing an older link atomically; a
+    plain file there (an older appended log) is kept under a per-run name. Where symlinks cannot be
+    made, returns an open ``link`` to write a copy of the lines into."""
+    if link.is_file() and not link.is_symlink():
+        stamp = _dt.datetime.fromtimestamp(link.stat().st_mtime)
+        kept = link.with_name(f"{link.name}.{stamp:{RUN_STAMP}}.appended")
+        if not kept.exists():
+            os.replace(link, kept)
+    tmp = link.with_name(f".{link.name}.{os.getpid()}.link")
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        os.symlink(target.name, tmp)
+        os.replace(tmp, link)
+        return None
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        with contextlib.suppress(OSError):
+            if link.is_symlink():
+                os.unlink(link)
+        return open(link, "w", encoding="utf-8")
 
 
 def _loss_tops(net) -> set[str]:

@@ -63,7 +63,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--workers", type=int, default=0, help="paper settings: data loader processes (default 0)")
     parser.add_argument("--seed", type=int, default=None, help="sampler seed (default 123)")
     parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (digits default 1: fastest for its tiny net; paper settings: torch's choice)")
+                        help="torch CPU threads for training and evaluation (default 1: on the CPU the trained "
+                             "weights depend on the thread count; recorded in the log and the results)")
     parser.add_argument("--list", action="store_true", help="list the known settings and exit")
     parser.add_argument("--verbose", action="store_true", help="echo the Caffe-format log to stderr")
 
@@ -71,8 +72,6 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     import sys
     import time
-
-    import torch
 
     if args.list:
         from rll_repro import recipes
@@ -85,8 +84,9 @@ def run(args) -> int:
     if args.setting != "digits":
         return _run_setting(args)
     from rll_repro.recipes import digits
+    from rll_repro.train import configure_threads
 
-    torch.set_num_threads(max(int(args.threads or 1), 1))
+    configure_threads(args.threads)
     out = args.out or "runs/digits"
     if args.weights:  # fail on a bad file before announcing the run
         from rll_repro.caffe import io as caffe_io
@@ -118,11 +118,9 @@ def _run_setting(args) -> int:
     import time
     from pathlib import Path
 
-    import torch
-
     from rll_repro import recipes, reproduce
     from rll_repro.errors import DataError
-    from rll_repro.train import latest_snapshot
+    from rll_repro.train import configure_threads, latest_snapshot
 
     setting = recipes.get(args.setting)
     if args.tolerance < 0:
@@ -143,8 +141,7 @@ def _run_setting(args) -> int:
     inputs = reproduce.check_inputs(setting, lists_dir=args.lists, data_root=args.data_root,
                                     weights=args.weights,
                                     need_weights=latest_snapshot(reproduce.snapshot_prefix(out)) is None)
-    if args.threads:
-        torch.set_num_threads(max(int(args.threads), 1))
+    configure_threads(args.threads)
     started = time.monotonic()
     print(setting.describe(), file=sys.stderr)
     print(f"reproduce {setting.name}: run folder {out}", file=sys.stderr)

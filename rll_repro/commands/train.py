@@ -12,6 +12,15 @@ a small .rllstate side file for a bitwise resume) are written when iter >= --sav
 iter % --save-interval == 0, and after the last iteration. At the end the loss and learning-rate
 curves are drawn to <out>/curves.png.
 
+Each start writes its own log, <out>/train.log.<yyyymmdd-hhmmss>.<pid> (as glog names one per
+start), and <out>/train.log points at the latest: Caffe's parse_log.py sees one monotone run per
+file. history.json and curves.png hold the whole run, also after a --snapshot resume (the
+history of the run that wrote the snapshot is continued). Progress (elapsed, ETA) is a bar on a
+terminal and a log line every --output-interval iterations (on stderr too when it is not a
+terminal). On the CPU the float32 results depend on the thread count, so training uses 1 thread
+unless --threads says otherwise; the count, torch and BLAS are recorded in the log header and in
+history.json.
+
 Data (--data):
   digits                 the shipped scikit-learn digits demo batches (classes 0-4, 5 x 6 per batch)
   SETTING                a paper setting of `rll-repro reproduce --list` (rll-sop, osm-cars, ...):
@@ -50,7 +59,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--save-start", type=int, help="first iteration that may be snapshotted (default: the setting's)")
     parser.add_argument("--save-interval", type=int, help="snapshot every N iterations (default: the setting's; none for digits)")
     parser.add_argument("--out", default="runs/train", help="run folder: log, snapshots, curves (default runs/train)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default 1, so that the numbers do not depend on the machine; "
+                             "the count is recorded in the log and history.json)")
     parser.add_argument("--quiet", action="store_true", help="do not echo log lines to stderr")
 
 
@@ -120,14 +131,11 @@ def run(args) -> int:
     import sys
     from pathlib import Path
 
-    import torch
-
     from rll_repro.solver import get_solver
-    from rll_repro.train import Schedule, run_training
+    from rll_repro.train import Schedule, configure_threads, run_training
     from rll_repro.trainlog import GlogWriter, plot_curves
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    configure_threads(args.threads)
     if args.weights and args.snapshot:
         from rll_repro.errors import TrainingError
 
@@ -150,18 +158,19 @@ def run(args) -> int:
         save_interval=args.save_interval if args.save_interval is not None else defaults.get("save_interval"),
         snapshot_prefix=prefix,
     )
-    with GlogWriter(out / "train.log", echo=not args.quiet and not sys.stderr.isatty()) as log:
+    off_terminal = not sys.stderr.isatty()
+    with GlogWriter(out / "train.log", echo=not args.quiet and off_terminal) as log:
         if source is not None:  # before restore, so the side file restores the sampler too
             solver.state_hooks["batch_source"] = (source.state_dict, source.load_state_dict)
         if args.snapshot:
             log.info(f"Resuming from {args.snapshot}", source="solver.cpp:442")
             solver.restore(args.snapshot)
-        history = run_training(solver, source, schedule, log)
-    history.save_json(out / "history.json")
-    if history.iterations:
+        history = run_training(solver, source, schedule, log, progress=False if args.quiet and off_terminal else None,
+                               history_path=out / "history.json", resumed_from=args.snapshot)
+    if history.iterations:  # the whole run, earlier segments of a resumed run included
         plot_curves(history.iterations, history.losses, history.rates, out / "curves.png",
                     title=Path(args.solver).name)
     last = history.losses[-1] if history.losses else float("nan")
-    print(f"trained to iteration {solver.iter}, last loss {last:.6g}; log {out / 'train.log'}, "
+    print(f"trained to iteration {solver.iter}, last loss {last:.6g}; log {log.run_path} (train.log), "
           f"curves {out / 'curves.png'}, snapshots {', '.join(Path(s).name for s in history.snapshots) or 'none'}")
     return 0

@@ -174,6 +174,7 @@ def run(out_dir, *, max_iter: int | None = None, seed: int = SEED, echo_log: boo
         "reference": REFERENCE,
         "model": model.name,
         "seconds": round(time.monotonic() - started, 2),
+        "environment": history.segments[-1]["environment"],  # thread count etc.: the weights depend on it
     }
     from rll_repro.fileio import atomic_write_text
 
