@@ -277,13 +277,18 @@ class _Names:
         return name
 
 
+def _loss_like(type_: str) -> bool:
+    """Loss and metric layers (SoftmaxWithLoss, the papers' ...PairLossV12/V5, Accuracy)."""
+    return "Loss" in type_ or type_ == "Accuracy"
+
+
 def _unexportable(lp, layer) -> str | None:
     """Why a layer cannot be exported (None if it can)."""
     if lp.type in DATA_LAYER_TYPES:
         return "a data layer"
     if lp.type == "Python":
         return "a Python layer"
-    if getattr(layer, "is_loss", False) or lp.type.endswith("Loss") or lp.type in ("Accuracy",):
+    if getattr(layer, "is_loss", False) or _loss_like(lp.type):
         return "a training-only loss layer"
     if lp.type not in _EMITTERS:
         return "no export rule for this layer type"
@@ -304,8 +309,7 @@ def check_exportable_param(net_param, phase: str = "test") -> None:
             continue
         if any(r.HasField("phase") and int(r.phase) == want for r in lp.exclude):
             continue
-        loss_like = lp.type.endswith("Loss") or lp.type == "Accuracy"
-        if lp.type in DATA_LAYER_TYPES or lp.type == "Python" or loss_like:
+        if lp.type in DATA_LAYER_TYPES or lp.type == "Python" or _loss_like(lp.type):
             reason = "a data layer" if lp.type in DATA_LAYER_TYPES else (
                 "a Python layer" if lp.type == "Python" else "a training-only loss layer")
             raise unexportable_error(lp.name, lp.type, reason)
@@ -683,6 +687,9 @@ _EMITTERS = {
 }
 
 
+EXPORTABLE_TYPES = frozenset(_EMITTERS) | {"Input"}
+
+
 def instantiate(generated: GeneratedModule, load_state: bool = True) -> torch.nn.Module:
     """Run the generated source in a fresh module namespace and return its module (weights loaded)."""
     module = types.ModuleType("rll_repro_generated_net")
@@ -693,4 +700,4 @@ def instantiate(generated: GeneratedModule, load_state: bool = True) -> torch.nn
     return model.eval()
 
 
-__all__ = ["GeneratedModule", "generate", "instantiate", "check_exportable_param", "unexportable_error"]
+__all__ = ["EXPORTABLE_TYPES", "GeneratedModule", "generate", "instantiate", "check_exportable_param", "unexportable_error"]
