@@ -66,6 +66,11 @@ def add_arguments(parser) -> None:
                         help="torch CPU threads for training and evaluation (default 1: on the CPU the trained "
                              "weights depend on the thread count; recorded in the log and the results)")
     parser.add_argument("--list", action="store_true", help="list the known settings and exit")
+    parser.add_argument("--set", action="append", default=[], metavar="KNOB=VALUE",
+                        help="RLL settings: an ablation knob, repeatable: alpha, m, T (numbers), batch=CxK, "
+                             "level=L|M|H|(L,M,H) (rll_repro/recipes/ablations.py says which fields each changes)")
+    parser.add_argument("--coverage", action="store_true",
+                        help="print the command that reproduces each published entry, or why none does, and exit")
     parser.add_argument("--verbose", action="store_true", help="echo the Caffe-format log to stderr")
 
 
@@ -73,13 +78,21 @@ def run(args) -> int:
     import sys
     import time
 
+    if args.coverage:
+        from rll_repro import coverage
+
+        print(coverage.text())
+        return 0
     if args.list:
         from rll_repro import recipes
 
         print("digits: the shipped demo (scikit-learn digits, RLL, 300 iterations, no download)")
         for name in recipes.names():
             if name != "digits":
-                print(f"{name}: {recipes.get(name).description}")
+                s = recipes.get(name)
+                print(f"{name} [{s.release_status}]: {s.description}")
+        print("knobs (--set KNOB=VALUE on a RLL setting): alpha, m, T, batch=CxK, level; "
+              "--coverage: the command behind each published entry")
         return 0
     if args.setting != "digits":
         return _run_setting(args)
@@ -122,7 +135,7 @@ def _run_setting(args) -> int:
     from rll_repro.errors import DataError
     from rll_repro.train import configure_threads, latest_snapshot
 
-    setting = recipes.get(args.setting)
+    setting = _with_knobs(recipes.get(args.setting), args)
     if args.tolerance < 0:
         raise DataError(f"--tolerance must be >= 0, got {args.tolerance}")
     if args.eval_every is not None and args.eval_every < 1:
@@ -155,3 +168,22 @@ def _run_setting(args) -> int:
           + f"; result files: {', '.join(Path(p).name for p in outcome.result_files) or 'none'}; "
           f"run folder {out}; {time.monotonic() - started:.1f} s")
     return outcome.exit_code
+
+
+def _with_knobs(setting, args):
+    """``--set`` items applied (rll_repro.recipes.ablations): warnings to stderr, the derived train
+    and solver prototxts written into the run folder's prototxt/, ``args.out`` set to that folder."""
+    import sys
+
+    if not args.set:
+        return setting
+    from rll_repro.recipes import ablations
+
+    ablation = ablations.derive(setting, args.set, args.out)
+    for warning in ablation.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    for path in ablations.write(ablation):
+        print(f"wrote {path}", file=sys.stderr)
+    print(f"diff against: {ablation.row or 'no published row for this combination'}", file=sys.stderr)
+    args.out = str(ablation.run_folder)
+    return ablation.setting

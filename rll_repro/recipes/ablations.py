@@ -113,6 +113,7 @@ class Ablation:
     assignments: tuple[Assignment, ...]
     warnings: tuple[str, ...]
     row: str | None                  # the published key the diff uses, None when none matches
+    run_folder: Path                 # the run's folder; the derived prototxts go in its prototxt/
 
 
 # ------------------------------------------------------------------------------------ parsing
@@ -250,9 +251,10 @@ def _edit_solver(solver, assignments, loss_type: str) -> None:
             edits.set_field(solver, a.knob.solver_field, float(a.value))
 
 
-def derive(base: Setting, items, folder) -> Ablation:
+def derive(base: Setting, items, run_folder=None) -> Ablation:
     """``base`` with the ``--set`` items applied; the derived train/solver prototxts are to be
-    written in ``folder`` (:func:`write`). Raises RecipeError for a knob the setting cannot take."""
+    written (:func:`write`) in ``<run_folder>/prototxt`` (default run folder ``runs/<name>``).
+    Raises RecipeError for a knob the setting cannot take."""
     if base.paper != "rll":
         raise RecipeError(f"--set: {base.name} is not a Ranked List Loss setting (the knobs act on "
                           "the RLL loss layers; RLL settings: rll-sop-cvpr, rll-sop, rll-cub, ...)")
@@ -267,9 +269,11 @@ def derive(base: Setting, items, folder) -> Ablation:
     if row and base.name != PAPER_BASE:
         warnings.append(f"the published row {row} was measured on the paper's config "
                         f"({PAPER_BASE}: batch 180, 512-d, CVPR-era layer), not on {base.name}'s")
-    folder = Path(folder).resolve()
+    name = f"{base.name}+{'+'.join(a.label for a in assignments)}"
+    run_folder = Path(run_folder) if run_folder else Path("runs") / name
+    folder = (run_folder / "prototxt").resolve()
     trains = [a for a in assignments if a.knob.name != "level"]
-    changes = dict(name=f"{base.name}+{'+'.join(a.label for a in assignments)}",
+    changes = dict(name=name,
                    description=f"{base.description}; ablation {', '.join(a.text for a in assignments)}",
                    published=(row,) if row else ())
     if trains:
@@ -297,7 +301,8 @@ def derive(base: Setting, items, folder) -> Ablation:
     if level is not None and not deploys:
         raise RecipeError(f"--set level={level}: {base.name} has no deploy {LEVEL_DEPLOYS[level]!r}")
     changes["deploys"] = tuple(deploys)
-    return Ablation(dataclasses.replace(base, **changes), base, assignments, tuple(warnings), row)
+    return Ablation(dataclasses.replace(base, **changes), base, assignments, tuple(warnings), row,
+                    run_folder)
 
 
 def _derived(build, edit):
