@@ -6,7 +6,18 @@ sub-packages: ``caffe`` (file formats), ``layers``, ``net``, ``solver``, ``losse
 """
 from __future__ import annotations
 
-__version__ = "0.1.0"
+
+def _distribution_version() -> str:
+    """The installed distribution's version (pyproject.toml's), "0+unknown" in an uninstalled tree."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("rll_repro")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+__version__ = _distribution_version()
 __all__ = ["Net", "get_solver", "SGDSolver", "__version__"]
 
 

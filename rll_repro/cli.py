@@ -12,6 +12,8 @@ import argparse
 import importlib
 import sys
 
+from rll_repro import __version__
+
 # verb -> module under rll_repro.commands (module names use underscores)
 COMMANDS = {
     "inspect": "inspect_",
@@ -33,7 +35,7 @@ typical session:
   rll-repro forward net.prototxt --weights W --inputs in.npz --out out.npz
   rll-repro train --solver prototxt/rll/sop/solver.prototxt --weights googlenet_bn.caffemodel
   rll-repro eval-features feats.npy labels.npy --protocol sop --out results.json
-  rll-repro diff results.json --against rll/SOP/paper/RLL-(L,M,H)
+  rll-repro diff results.json --against 'rll/SOP/paper/RLL-(L,M,H)'
   rll-repro reproduce digits                          the shipped end-to-end demo (no download)
 
 run 'rll-repro VERB --help' for the details of one verb."""
@@ -52,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     for verb in COMMANDS:
         try:

@@ -8,6 +8,15 @@ cd "$(dirname "$0")/.."
 VENV="${RLL_REPRO_VENV:-.venv}"
 PY="${PYTHON:-python3}"
 
+pip_install() {
+    # pip logs "WARNING: Location '...' is ignored: it is either a non-existing path or lacks a
+    # specific scheme" for every find-links/index entry of the user's pip configuration that this
+    # machine lacks, again on every lookup; drop those lines only: every other warning and every
+    # error still reaches stderr, and the status is pip's.
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$@" \
+        2> >(grep -v "^WARNING: Location '.*' is ignored" >&2)
+}
+
 setup() {
     if [ ! -x "$VENV/bin/python" ]; then
         "$PY" -m venv "$VENV"
@@ -16,7 +25,7 @@ setup() {
     local stamp="$VENV/.rll_repro-installed-$(sha1sum pyproject.toml | cut -c1-12)"
     if [ ! -f "$stamp" ]; then
         echo "setting up $VENV (first run installs torch from the local wheel cache, ~2 min)..." >&2
-        "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[test]'
+        pip_install -e '.[test]'
         rm -f "$VENV"/.rll_repro-installed-*
         touch "$stamp"
     fi

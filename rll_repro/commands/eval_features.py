@@ -14,9 +14,11 @@ epsilon, similarity = dot product) with the original test rules:
 Ranking is MATLAB's stable sort (ties keep the lower index first). Memory stays bounded (blocks of
 --block-rows rows). --nmi adds NMI and F1 of k-means (scikit-learn, as many clusters as classes,
 --seed / --n-init; slow for SOP-sized data). RESULTS.json holds percentages, e.g.
-{"R@1": 79.1, ..., "_meta": {...}}; compare it with 'rll-repro diff'.
+{"R@1": 79.1, ..., "_meta": {...}}; compare it with 'rll-repro diff'. Without --out the metrics are
+only printed.
 
 examples:
+  rll-repro eval-features feats.npy labels.npy --protocol cub
   rll-repro eval-features feats.npy labels.npy --protocol sop --out results.json
   rll-repro eval-features feats.h5 feats.h5 --protocol cub --nmi --out cub.json
   rll-repro eval-features feats.npy labels.npy --protocol inshop --query-mask is_query.npy --out r.json
@@ -32,7 +34,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="k-means random_state (default 0)")
     parser.add_argument("--n-init", type=int, default=10, help="k-means restarts (default 10)")
     parser.add_argument("--block-rows", type=int, default=2048, help="rows per similarity block (memory)")
-    parser.add_argument("--out", required=True, help="RESULTS.json to write")
+    parser.add_argument("--out", help="RESULTS.json to write (default: print the metrics only)")
 
 
 def evaluate_arrays(features, labels, args, extra_meta: dict | None = None) -> dict:
@@ -118,6 +120,7 @@ def run(args) -> int:
     elif args.protocol == "inshop":
         raise DataError("--protocol inshop needs --query-mask (True = query row)")
     results = evaluate_arrays(features, labels, args, {"features": str(args.features)})
-    write_results(args.out, results)
+    if args.out:
+        write_results(args.out, results)
     print_results(results)
     return 0

@@ -19,12 +19,14 @@ from pathlib import Path
 
 from .settings import REGISTRY, Deploy, GeneratedFile, Original, Setting, register
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = PACKAGE_ROOT.parent
 
 
 def _load() -> None:
     from . import rll  # noqa: F401  (registers the RLL settings first)
     from . import osm_caa  # noqa: F401
+    from . import baselines  # noqa: F401  (baseline-<loss>-cub / -cars)
     try:
         digits = importlib.import_module(f"{__name__}.digits")
     except ModuleNotFoundError as exc:
@@ -57,8 +59,13 @@ def all_settings() -> list[Setting]:
 
 
 def path(rel: str) -> Path:
-    """Absolute path of a repository-relative path such as ``setting.train.path``."""
-    return REPO_ROOT / rel
+    """Absolute path of a repository-relative path such as ``setting.train.path``: the checkout's
+    file, or in a (non-editable) installed package its copy inside the package (``rll_repro/prototxt``
+    is a link to the repository's ``prototxt/``, so the wheel carries every shipped prototxt)."""
+    in_repo = REPO_ROOT / rel
+    if in_repo.exists():
+        return in_repo
+    return PACKAGE_ROOT / rel
 
 
 __all__ = ["Deploy", "GeneratedFile", "Original", "Setting", "all_settings", "get", "names",

@@ -26,8 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
+from rll_repro.recipes import path as recipe_path
+
 NAME = "digits"
-PROTOTXT_DIR = Path(__file__).resolve().parents[2] / "prototxt" / "digits"
+PROTOTXT_DIR = recipe_path("prototxt/digits")  # the checkout's, or the installed package's copy
 TRAIN_CLASSES = (0, 1, 2, 3, 4)
 TEST_CLASSES = (5, 6, 7, 8, 9)
 CLASSES_PER_BATCH = 5
@@ -53,8 +55,8 @@ def prototxt(kind: str) -> Path:
     if not path.exists():
         from rll_repro.errors import DataError
 
-        raise DataError(f"{path}: the digits prototxts ship in the repository's prototxt/digits folder "
-                        "(run from a clone, or install with pip install -e)")
+        raise DataError(f"{path}: missing; the digits prototxts ship in prototxt/digits (the repository's, "
+                        "or rll_repro/prototxt/digits in an installed package: reinstall it)")
     return path
 
 
