@@ -130,11 +130,12 @@ def _reason(key: str) -> str | None:
 
 
 def table() -> list[Line]:
-    """One line per published key, in :func:`rll_repro.eval.published.keys` order."""
+    """One line per published key of the papers' and baselines' files (``published.SOURCES``; not the
+numbers this repository records itself), in :func:`rll_repro.eval.published.keys` order."""
     from rll_repro.errors import RLLReproError
     from rll_repro.eval import published
 
-    keys = published.keys()
+    keys = [k for k in published.keys() if k.split("/", 1)[0] in published.SOURCES]
     found = _candidates(keys)
     lines: list[Line] = []
     for key in keys:

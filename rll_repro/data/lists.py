@@ -13,6 +13,7 @@ InshopClothes_EvaImagePathBoxCell      ``TestImagePathBoxCell`` (or ``EvaImagePa
                                        converter's ``save`` names that one, the test script loads the
                                        other; both accepted), ``class_ids``; [query; gallery]
 Market1501TrainImagePathBoxCell.mat    ``ImagePathBoxCell``, ``class_ids``
+RLL CUB ``CUB_200_2011_*PathBoxCell``  ``CUB_200_2011_TrainImagePathBoxCell`` / ``..._TestImagePathBoxCell``
 Market1501_evaluation.mat              ``testID testCAM testImagesCell queryID queryCAM queryImagesCell
                                        multiQueryImagesCell`` -> :func:`load_market_evaluation`
 OSM CARS ``train/test_data_cell.mat``  ``train_data_cell`` / ``test_data_cell`` (preprocessed images)
@@ -42,6 +43,8 @@ from rll_repro.matfile import loadmat
 
 PATH_LIST_VARIABLES = (
     "TrainImagePathBoxCell", "TestImagePathBoxCell", "EvaImagePathBoxCell", "ImagePathBoxCell",
+    # RLL CUB_V01 (commit ff2a4de4c): train_multiGPUs.m / test_concat.m load these names
+    "CUB_200_2011_TrainImagePathBoxCell", "CUB_200_2011_TestImagePathBoxCell",
 )
 DATA_CELL_VARIABLES = (
     "train_data_cell", "test_data_cell", "CUB_200_2011_TrainImageDataCell", "CUB_200_2011_TestImageDataCell",
