@@ -77,12 +77,11 @@ class MarginLoss(MetricLoss):
         self.cutoff, self.nonzero_loss_cutoff = float(cutoff), float(nonzero_loss_cutoff)
         self.sampling = check_choice("MarginLoss", "sampling", sampling, self.SAMPLINGS)
         self.num_classes = None if num_classes is None else int(num_classes)
-        init = torch.full((self.num_classes or 1,), float(beta))
         self.learn_beta = bool(learn_beta)
-        if self.learn_beta:
-            self.beta = nn.Parameter(init)
-        else:
-            self.register_buffer("beta", init)
+        if self.learn_beta:  # float32, as the model's parameters (and PML's)
+            self.beta = nn.Parameter(torch.full((self.num_classes or 1,), float(beta)))
+        else:  # float64, so that beta=1.2 is 1.2 for float64 embeddings too
+            self.register_buffer("beta", torch.full((self.num_classes or 1,), float(beta), dtype=torch.float64))
         self.seed = seed
         self._generators: dict[torch.device, torch.Generator] = {}
 
