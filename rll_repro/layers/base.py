@@ -51,8 +51,11 @@ class BuildContext:
 
     phase: str = "train"  # 'train' or 'test'
     dialect: Dialect = field(default_factory=lambda: DIALECTS["rll"])
-    generator: torch.Generator | None = None  # seeds the fillers
+    generator: torch.Generator | None = None  # seeds the fillers (a CPU generator: the same initial
+    # weights on every device, as Caffe's fillers draw on the host)
     dtype: torch.dtype = torch.float32
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # where the net runs
+    runtime_generator: torch.Generator | None = None  # on ``device``: Dropout's masks (None: global RNG)
 
 
 class Layer(nn.Module):

@@ -77,8 +77,8 @@ class BatchNorm(Layer):
             return (y.reshape(shape),)
         m = count(x4.shape) // self.channels
         if m > 1:
-            batch_mean = torch.zeros(self.channels, dtype=x.dtype)
-            batch_var = torch.zeros(self.channels, dtype=x.dtype)
+            batch_mean = torch.zeros(self.channels, dtype=x.dtype, device=x.device)
+            batch_var = torch.zeros(self.channels, dtype=x.dtype, device=x.device)
             # momentum 1 makes the "running" buffers exactly the batch mean and the unbiased variance.
             y = F.batch_norm(x4, batch_mean, batch_var, None, None, True, 1.0, self.eps)
         else:

@@ -38,6 +38,6 @@ class Dropout(Layer):
             return (x if self.scale_train or self.ratio == 0.0 else x * (1.0 - self.ratio),)
         if self.ratio == 0.0:
             return (x,)
-        keep = torch.rand(x.shape, generator=self.ctx.generator, dtype=x.dtype) >= self.ratio
+        keep = torch.rand(x.shape, generator=self.ctx.runtime_generator, dtype=x.dtype, device=x.device) >= self.ratio
         factor = keep.to(x.dtype) * (self.scale if self.scale_train else 1.0)
         return (x * factor,)

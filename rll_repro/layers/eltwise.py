@@ -56,7 +56,7 @@ class Eltwise(Layer):
             return (y,)
         with torch.no_grad():
             best = xs[0]
-            index = torch.zeros(best.shape, dtype=torch.long)
+            index = torch.zeros(best.shape, dtype=torch.long, device=best.device)
             for i, x in enumerate(xs[1:], start=1):
                 better = x > best
                 best = torch.where(better, x, best)

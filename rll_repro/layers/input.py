@@ -39,4 +39,4 @@ class Input(Layer):
 
     def forward(self, *bottoms):
         # The net feeds Input tops directly; a standalone call returns zero blobs of the declared shapes.
-        return tuple(torch.zeros(s, dtype=self.ctx.dtype) for s in self.shapes)
+        return tuple(torch.zeros(s, dtype=self.ctx.dtype, device=self.ctx.device) for s in self.shapes)

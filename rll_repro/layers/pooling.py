@@ -113,7 +113,7 @@ class Pooling(Layer):
         sums = F.avg_pool2d(xp, kernel, self.stride, 0, False, True, 1)[:, :, : out[0], : out[1]]
         divisors = []
         for i in range(2):
-            start = torch.arange(out[i], dtype=torch.float64) * self.stride[i] - self.pad[i]
+            start = torch.arange(out[i], dtype=torch.float64, device=x.device) * self.stride[i] - self.pad[i]
             end = torch.clamp(start + kernel[i], max=size[i] + self.pad[i])
             divisors.append(end - start)
         divisor = (divisors[0][:, None] * divisors[1][None, :]).to(x.dtype)

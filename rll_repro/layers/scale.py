@@ -53,8 +53,8 @@ class _ChannelScaleBias(torch.autograd.Function):
         x, gamma = ctx.saved_tensors
         channels = gamma.numel()
         mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]]
-        zeros = torch.zeros(channels, dtype=x.dtype)
-        ones = torch.ones(channels, dtype=x.dtype)
+        zeros = torch.zeros(channels, dtype=x.dtype, device=x.device)
+        ones = torch.ones(channels, dtype=x.dtype, device=x.device)
         gx, gg, gb = torch.ops.aten.native_batch_norm_backward(
             grad.contiguous(), x, gamma, zeros, ones, None, None, False, 0.0, mask
         )

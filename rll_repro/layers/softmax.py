@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from rll_repro.device import host_reads_allowed
 from rll_repro.errors import DataError
 from rll_repro.layers._util import canonical_axis, check_bottoms, check_tops, count, fail, has
 from rll_repro.layers.base import Layer
@@ -60,6 +61,11 @@ def _labels(layer, label: torch.Tensor, outer: int, inner: int) -> torch.Tensor:
     return label.detach().reshape(outer, inner).to(torch.long)
 
 
+def _cast(normalizer, dtype):
+    """A normalizer that is a Python number or (VALID, counted on the device) a 0-d tensor."""
+    return normalizer.to(dtype) if torch.is_tensor(normalizer) else normalizer
+
+
 class _SoftmaxLossFunction(torch.autograd.Function):
     """Caffe's SoftmaxWithLoss forward/backward (the gradient is p − onehot, not autograd's log path)."""
 
@@ -70,7 +76,7 @@ class _SoftmaxLossFunction(torch.autograd.Function):
         safe = torch.where(valid, labels, torch.zeros_like(labels))
         p = prob.gather(1, safe.unsqueeze(1)).squeeze(1)
         logp = torch.log(torch.clamp(p, min=FLT_MIN)).to(torch.float64)
-        loss = -(logp * valid).sum() / normalizer
+        loss = -(logp * valid).sum() / _cast(normalizer, torch.float64)
         return loss.to(scores.dtype)
 
     @staticmethod
@@ -80,7 +86,7 @@ class _SoftmaxLossFunction(torch.autograd.Function):
         safe = torch.where(valid, labels, torch.zeros_like(labels))
         diff.scatter_add_(1, safe.unsqueeze(1), -valid.to(diff.dtype).unsqueeze(1))
         diff = diff * valid.unsqueeze(1).to(diff.dtype)
-        scale = grad / ctx.normalizer
+        scale = grad / _cast(ctx.normalizer, grad.dtype)
         return diff * scale, None, None, None, None
 
 
@@ -118,14 +124,17 @@ class SoftmaxWithLoss(Layer):
         prob3 = prob.detach().reshape(outer, channels, inner)
         labels = _labels(self, label, outer, inner)
         valid = torch.ones_like(labels, dtype=torch.bool) if self.ignore_label is None else labels != self.ignore_label
-        bad = valid & ((labels < 0) | (labels >= channels))
-        if bool(bad.any()):
-            raise DataError(f"layer {self.layer_name!r}: label {int(labels[bad][0])} outside [0, {channels})")
-        n_valid = int(valid.sum())
-        normalizer = {
-            "FULL": outer * inner, "VALID": n_valid, "BATCH_SIZE": outer, "NONE": 1, "PRE_FIXED": self.pre_fixed,
-        }[self.normalization]
-        normalizer = float(max(1.0, normalizer))
+        if host_reads_allowed(labels):  # on a GPU the check would sync every step (Caffe: a DCHECK)
+            bad = valid & ((labels < 0) | (labels >= channels))
+            if bool(bad.any()):
+                raise DataError(f"layer {self.layer_name!r}: label {int(labels[bad][0])} outside [0, {channels})")
+        if self.normalization == "VALID":  # counted on the device: no host read
+            normalizer = valid.sum().clamp(min=1).to(torch.float32)
+        else:
+            normalizer = {
+                "FULL": outer * inner, "BATCH_SIZE": outer, "NONE": 1, "PRE_FIXED": self.pre_fixed,
+            }[self.normalization]
+            normalizer = float(max(1.0, normalizer))
         scores3 = scores.reshape(outer, channels, inner)
         loss = _SoftmaxLossFunction.apply(scores3, prob3, labels, valid, normalizer)
         if len(self.param.top) == 2:
@@ -165,13 +174,13 @@ class Accuracy(Layer):
             labels = _labels(self, label, outer, inner)
             valid = torch.ones_like(labels, dtype=torch.bool) if self.ignore_label is None else labels != self.ignore_label
             safe = torch.where(valid, labels, torch.zeros_like(labels))
-            if bool((valid & ((labels < 0) | (labels >= channels))).any()):
+            if host_reads_allowed(labels) and bool((valid & ((labels < 0) | (labels >= channels))).any()):
                 raise DataError(f"layer {self.layer_name!r}: a label is outside [0, {channels})")
             true_score = s.gather(1, safe.unsqueeze(1))
             better = (s >= true_score).sum(dim=1) - 1
             correct = (better < self.top_k) & valid
-            n_valid = int(valid.sum())
-            acc = torch.tensor(float(correct.sum()) / n_valid if n_valid else 0.0, dtype=scores.dtype)
+            n_valid = valid.sum()  # 0/0 is taken as 0 (Caffe's count == 0 case), without a host read
+            acc = (correct.sum().to(torch.float64) / n_valid.clamp(min=1)).to(scores.dtype)
             if len(self.param.top) == 1:
                 return (acc,)
             # Caffe: per class, correct / count (0 for a class absent from the batch)
