@@ -52,11 +52,11 @@ def _varint(value: int) -> bytes:
             return bytes(out)
 
 
-def _packed_payloads(serialized: bytes) -> dict[int, list[memoryview] | None]:
+def _packed_payloads(serialized: bytes) -> dict[int, list[memoryview]]:
     """Length-delimited payloads of the top-level fields 5 (data) and 8 (double_data) of a
-    BlobProto; None for a field also written unpacked (one value per tag, which parsers accept)."""
+    BlobProto serialised by protobuf (which writes repeated floats packed, however they were read)."""
     view = memoryview(serialized)
-    found: dict[int, list[memoryview] | None] = {5: [], 8: []}
+    found: dict[int, list[memoryview]] = {5: [], 8: []}
     pos = 0
     while pos < len(serialized):
         key, pos = _read_varint(serialized, pos)
@@ -69,13 +69,11 @@ def _packed_payloads(serialized: bytes) -> dict[int, list[memoryview] | None]:
             pos += 4
         elif wire == 2:
             size, pos = _read_varint(serialized, pos)
-            if field in found and found[field] is not None:
+            if field in found:
                 found[field].append(view[pos:pos + size])
             pos += size
         else:
             raise ValueError(f"unexpected wire type {wire}")
-        if wire in (1, 5) and field in found:
-            found[field] = None
     return found
 
 
@@ -107,9 +105,7 @@ def blob_to_array(blob: caffe_pb2.BlobProto, where: str = "blob") -> np.ndarray:
         raise FormatError(f"{where}: has {len(values)} values but its shape {list(shape)} needs {count}")
     # Only the wanted field is serialised: a copy of the blob without the other big fields.
     payloads = _packed_payloads(blob.SerializeToString())[field]
-    if payloads is None:  # written unpacked: rare and small, the element-wise copy is fine
-        array = np.array(values, dtype=dtype)
-    elif len(payloads) == 1:
+    if len(payloads) == 1:
         array = np.frombuffer(payloads[0], dtype=dtype).copy()
     elif payloads:
         array = np.frombuffer(b"".join(bytes(p) for p in payloads), dtype=dtype).copy()
