@@ -40,6 +40,7 @@ def to_onnx_bytes(generated: GeneratedModule, dynamic_batch: bool = True, opset:
     """Serialized ONNX model of the generated module, with Caffe layer and blob names."""
     onnx = _require_onnx()
     model = instantiate(generated)
+    _freeze_batchnorm_statistics(model)
     example = tuple(torch.zeros(generated.input_shapes[n]) for n in generated.inputs)
     # the same tensor returned twice (a Split top and its twin) would give one value two names
     outputs = list(generated.outputs)
@@ -49,11 +50,28 @@ def to_onnx_bytes(generated: GeneratedModule, dynamic_batch: bool = True, opset:
         warnings.simplefilter("ignore")  # the legacy exporter's deprecation and tracer notes
         torch.onnx.export(
             model, example, buffer, dynamo=False, input_names=list(generated.inputs), output_names=outputs,
-            dynamic_axes=axes, opset_version=opset, do_constant_folding=True,
+            dynamic_axes=axes, opset_version=opset,
+            # EVAL would let the exporter fold BatchNorm into the Conv before it (its "eval peephole");
+            # the module is in eval mode, so PRESERVE exports the same inference graph, unfused
+            training=torch.onnx.TrainingMode.PRESERVE,
+            do_constant_folding=False,  # keeps the initializers named after the state_dict
         )
     proto = onnx.load_from_string(buffer.getvalue())
     _caffe_names(proto, generated)
     return proto.SerializeToString()
+
+
+def _freeze_batchnorm_statistics(model) -> None:
+    """Give each global-statistics BatchNorm its mean and variance as buffers (``running_mean``,
+    ``running_var``: the sums times 1/s, computed once with the same float32 operations as its
+    forward), so that the graph holds them as initializers instead of recomputing them per run."""
+    for module in model.modules():
+        if hasattr(module, "statistics") and getattr(module, "use_global_stats", False):
+            with torch.no_grad():
+                mean, variance = module.statistics()
+            module.register_buffer("running_mean", mean.clone())
+            module.register_buffer("running_var", variance.clone())
+            module.statistics = lambda m=module: (m.running_mean, m.running_var)
 
 
 def _caffe_names(proto, generated: GeneratedModule) -> None:
@@ -83,7 +101,7 @@ def _caffe_names(proto, generated: GeneratedModule) -> None:
         for node in graph.node:
             if node not in nodes:
                 consumed_outside.update(i for i in node.input if i in inside)
-        produced = [o for n in nodes for o in n.output if o in consumed_outside]
+        produced = [o for n in nodes if n.op_type != "Constant" for o in n.output if o in consumed_outside]
         tops = generated.tops.get(attr, [])
         if len(produced) != len(tops) or len(tops) == 0:
             continue

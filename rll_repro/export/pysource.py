@@ -55,43 +55,45 @@ class CaffeBatchNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(channels)) if affine else None
         self.bias = nn.Parameter(torch.zeros(channels)) if affine else None
 
+    def statistics(self):
+        """The global mean and variance: Caffe's sums times 1/s (0 when s = 0), in float32."""
+        s = self.scale_factor[0]
+        k = torch.where(s == 0, torch.zeros_like(s), 1.0 / s)
+        return self.mean * k, self.variance * k
+
     def forward(self, x):
         if not self.use_global_stats:
             return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
-        s = self.scale_factor[0]
-        k = torch.where(s == 0, torch.zeros_like(s), 1.0 / s)
-        return F.batch_norm(x, self.mean * k, self.variance * k, self.weight, self.bias, False, 0.0, self.eps)
+        mean, variance = self.statistics()
+        return F.batch_norm(x, mean, variance, self.weight, self.bias, False, 0.0, self.eps)
 ''',
     "CaffeScale": '''
 class CaffeScale(nn.Module):
-    """Caffe's Scale: y = x·γ, then + β (two roundings), γ/β broadcast over the axes from ``axis``;
-    with two bottoms γ is the second bottom."""
+    """Caffe's Scale: y = x·γ, then + β (two roundings), γ/β broadcast over the axes from ``axis``
+    of an ``ndim``-axis bottom; with two bottoms γ is the second bottom."""
 
-    def __init__(self, shape, axis=1, bias_term=True, learned_scale=True):
+    def __init__(self, shape, axis=1, ndim=4, bias_term=True, learned_scale=True):
         super().__init__()
-        self.axis = axis
+        self.view = tuple(shape) + (1,) * (ndim - axis - len(shape))
         self.weight = nn.Parameter(torch.ones(shape)) if learned_scale else None
         self.bias = nn.Parameter(torch.zeros(shape)) if bias_term else None
 
-    def _view(self, t, x):
-        return t.reshape(tuple(t.shape) + (1,) * (x.dim() - self.axis - t.dim()))
-
     def forward(self, x, gamma=None):
-        y = x * self._view(self.weight if gamma is None else gamma, x)
-        return y if self.bias is None else y + self._view(self.bias, x)
+        y = x * (self.weight if gamma is None else gamma).reshape(self.view)
+        return y if self.bias is None else y + self.bias.reshape(self.view)
 ''',
     "CaffeBias": '''
 class CaffeBias(nn.Module):
-    """Caffe's Bias: y = x + b, b broadcast over the axes from ``axis`` (the second bottom if given)."""
+    """Caffe's Bias: y = x + b, b broadcast over the axes from ``axis`` of an ``ndim``-axis bottom
+    (b is the second bottom if given)."""
 
-    def __init__(self, shape, axis=1, learned=True):
+    def __init__(self, shape, axis=1, ndim=4, learned=True):
         super().__init__()
-        self.axis = axis
+        self.view = tuple(shape) + (1,) * (ndim - axis - len(shape))
         self.bias = nn.Parameter(torch.zeros(shape)) if learned else None
 
     def forward(self, x, b=None):
-        b = self.bias if b is None else b
-        return x + b.reshape(tuple(b.shape) + (1,) * (x.dim() - self.axis - b.dim()))
+        return x + (self.bias if b is None else b).reshape(self.view)
 ''',
     "CaffeLRN": '''
 class CaffeLRN(nn.Module):
@@ -538,7 +540,9 @@ def _batchnorm(g, i, name, lp, layer, bottoms, tops, args):
 def _scale(g, i, name, lp, layer, bottoms, tops, args):
     shape = tuple(layer.operand_shape)
     two = layer.two_bottoms
-    ctor = f"{g.helper('CaffeScale')}({shape}, axis={layer.axis}, bias_term={layer.bias_term}, learned_scale={not two})"
+    ndim = len(g.shapes[bottoms[0]])
+    ctor = (f"{g.helper('CaffeScale')}({shape}, axis={layer.axis}, ndim={ndim}, bias_term={layer.bias_term}, "
+            f"learned_scale={not two})")
     attr = g.call(i, name, lp, ctor, bottoms, tops, args)
     if not two:
         g.put(attr, "weight", g.blob(i, 0))
@@ -548,7 +552,8 @@ def _scale(g, i, name, lp, layer, bottoms, tops, args):
 
 def _bias(g, i, name, lp, layer, bottoms, tops, args):
     two = layer.two_bottoms
-    ctor = f"{g.helper('CaffeBias')}({tuple(layer.operand_shape)}, axis={layer.axis}, learned={not two})"
+    ndim = len(g.shapes[bottoms[0]])
+    ctor = f"{g.helper('CaffeBias')}({tuple(layer.operand_shape)}, axis={layer.axis}, ndim={ndim}, learned={not two})"
     attr = g.call(i, name, lp, ctor, bottoms, tops, args)
     if not two:
         g.put(attr, "bias", g.blob(i, 0))
