@@ -26,8 +26,9 @@ import math
 import numpy as np
 import torch
 
+from rll_repro.device import host_reads_allowed
 from rll_repro.errors import DataError
-from rll_repro.layers._pairwise import F64, PairGeometry, labels_equal
+from rll_repro.layers._pairwise import F64, PairBlocks
 from rll_repro.layers._util import canonical_axis, check_bottoms, check_tops, count, fail, has
 from rll_repro.layers.base import Layer
 from rll_repro.layers.registry import register
@@ -57,37 +58,61 @@ def osm_caa_value_and_grad(emb: torch.Tensor, labels: torch.Tensor, scores: torc
                            sigma: float = 0.8, mean: float = 0.0, top_diff: float | torch.Tensor = 1.0,
                            need_grad: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(value, gradient) of DistanceWeightedValidPairLossV5 for embeddings (N, D...), labels (N...)
-    and CAA scores s (N...), in ``emb.dtype``; the gradient is Caffe's bottom diff for ``top_diff``."""
+    and CAA scores s (N...), in ``emb.dtype``; the gradient is Caffe's bottom diff for ``top_diff``.
+    Every per-pair quantity is symmetric: pair blocks visited once (see _pairwise)."""
     n = emb.shape[0]
     p = n * (n - 1) // 2
     dt = emb.dtype
     margin = float(f32(margin))
     with torch.no_grad():
-        geometry = PairGeometry(emb.reshape(n, -1))
-        d2 = geometry.d2
-        d = torch.sqrt(d2)
-        same = labels_equal(labels)
-        mdist = margin - d
-        hinge = mdist.clamp_min(0.0)
-        terms = torch.where(same, d2, hinge * hinge).fill_diagonal_(0.0)
-        pair_sum = (terms.sum(dtype=F64) / 2).to(dt)  # both triangles counted: halve (exact)
+        pairs = PairBlocks(emb.reshape(n, -1))
+        y = labels.reshape(-1)
+        s = scores.reshape(-1).to(dt)
+        device = emb.device
+        value_sum = torch.zeros((), dtype=F64, device=device)
+        set_sum = torch.zeros((), dtype=F64, device=device)  # both orders, all pairs
+        pos_set_sum = torch.zeros((), dtype=F64, device=device)
+        kept = []
+        for blk in pairs.rows:
+            r0, r1 = blk.r0, blk.r1
+            d2 = blk.d2
+            d = torch.sqrt(d2)
+            same = y[r0:r1, None] == y[None, r0:]
+            mdist = margin - d
+            hinge = mdist.clamp_min(0.0)
+            terms = torch.where(same, d2, hinge * hinge)
+            blk.diag(terms).zero_()
+            value_sum += blk.pair_sum(terms)
+            if not need_grad:
+                continue
+            caa = torch.minimum(s[r0:r1, None], s[None, r0:])
+            raw = torch.where(same, gaussian_pdf(d, mean, sigma), hinge)
+            rc = raw * caa
+            blk.diag(rc).zero_()
+            set_sum += blk.pair_sum(rc)
+            pos_set_sum += blk.pair_sum(torch.where(same, rc, 0.0))
+            kept.append((d, same, mdist, caa, raw))
+        pair_sum = (value_sum / 2).to(dt)  # both orders counted: halve (exact)
         value = pair_sum / p / 2
         if not need_grad:
             return value, None
-        lam = float(top_diff.detach().reshape(())) if torch.is_tensor(top_diff) else float(top_diff)
-        alpha = float(f32(lam) / f32(p)) if dt == torch.float32 else lam / p
-        beta = torch.where(mdist > 0, (-alpha * mdist) / (d + EPS_NEG), 0.0)
-        coef = torch.where(same, alpha, beta).to(dt)
-        s = scores.reshape(-1).to(dt)
-        caa = torch.minimum(s[:, None], s[None, :])
-        raw = torch.where(same, gaussian_pdf(d, mean, sigma), hinge)
-        rc = (raw * caa).fill_diagonal_(0.0)
-        s_pos = (torch.where(same, rc, 0.0).sum(dtype=F64) / 2).to(dt) + EPS_SET  # float S += 1e-12
-        s_neg = (torch.where(same, 0.0, rc).sum(dtype=F64) / 2).to(dt) + EPS_SET
-        sets = torch.where(same, s_pos, s_neg).to(F64)
-        w = (0.5 * raw.to(F64) * caa.to(F64) / sets).to(dt)  # 0.5 * raw * c / S in double
-        a = (w * coef).masked_fill_(d2 == 0, 0.0)
-        grad = geometry.apply(a).to(dt)
+        s_pos = (pos_set_sum / 2).to(dt) + EPS_SET  # float S += 1e-12
+        s_neg = ((set_sum - pos_set_sum) / 2).to(dt) + EPS_SET
+        lam = torch.as_tensor(top_diff, device=device).detach().reshape(()).to(dt)
+        alpha = lam / p  # float(top_diff) / float(P) in float (double for float64 input)
+        twice_pos, twice_neg = (2 * s_pos.to(F64)), (2 * s_neg.to(F64))
+
+        def coefficients():
+            for blk, (d, same, mdist, caa, raw) in zip(pairs.rows, kept):
+                # negatives: -alpha (m - d) / (d + 1e-4); where m - d <= 0, raw = 0 and so w = 0
+                beta = (-alpha * mdist).div_(d + EPS_NEG)
+                coef = torch.where(same, alpha, beta)
+                # w = 0.5 raw c / S in double, rounded to float (0.5 x / S == x / (2 S) exactly)
+                w = raw.to(F64).mul_(caa).div_(torch.where(same, twice_pos, twice_neg)).to(dt)
+                a = w.mul_(coef).masked_fill_(blk.d2 == 0, 0.0)  # f_i - f_j = 0: no contribution
+                yield a, a
+
+        grad = pairs.apply(coefficients()).to(dt)
     return value, grad.reshape(emb.shape)
 
 
@@ -197,7 +222,7 @@ class ExtractProb(Layer):
     def forward(self, prob, labels):
         prob = prob.detach()
         idx = labels.detach().reshape(-1).to(torch.int64)  # Caffe: static_cast<int>
-        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= prob.shape[1]):
+        if host_reads_allowed(idx) and idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= prob.shape[1]):
             raise DataError(f"layer {self.layer_name!r} (ExtractProb): label out of range [0, {prob.shape[1]})")
         flat = prob.reshape(prob.shape[0], prob.shape[1], -1)
         top = flat[torch.arange(prob.shape[0]), idx].reshape((prob.shape[0], 1) + tuple(prob.shape[2:]))
@@ -221,7 +246,7 @@ class WeightedSoftmaxFunction(torch.autograd.Function):
         if lab.numel() != z.shape[0] or w.numel() != z.shape[0]:
             raise DataError(f"WeightedSoftmaxWithLoss: {z.shape[0]} predictions, {lab.numel()} labels, {w.numel()} weights")
         valid = lab != ignore_label if ignore_label is not None else torch.ones_like(lab, dtype=torch.bool)
-        if bool(((lab[valid] < 0) | (lab[valid] >= shape[-1])).any()):
+        if host_reads_allowed(lab) and bool(((lab[valid] < 0) | (lab[valid] >= shape[-1])).any()):
             raise DataError(f"WeightedSoftmaxWithLoss: label out of range [0, {shape[-1]})")
         safe = torch.where(valid, lab, 0)
         q_true = q.gather(1, safe[:, None])[:, 0]

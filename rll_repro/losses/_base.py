@@ -1,10 +1,12 @@
 """What every standalone loss shares: input checks (bad input is a DataError naming the loss), the
 two L2 normalisations (the forks' Caffe layer and plain autograd) and a differentiable Euclidean
-distance matrix."""
+distance matrix. Data-dependent checks run where reading a value back is free (CPU tensors); on a
+GPU they would synchronise every step (rll_repro.device.host_reads_allowed)."""
 from __future__ import annotations
 
 import torch
 
+from rll_repro.device import host_reads_allowed
 from rll_repro.errors import DataError
 from rll_repro.layers.normalization import l2_normalize
 
@@ -21,7 +23,7 @@ def _check_embeddings(emb, who: str) -> torch.Tensor:
     if emb.shape[0] < 2:
         raise DataError(f"{who}: needs at least 2 embeddings to form a pair, got {emb.shape[0]} "
                         "(the Caffe layer would report 0/0 = NaN)")
-    if not bool(torch.isfinite(emb).all()):
+    if host_reads_allowed(emb) and not bool(torch.isfinite(emb).all()):  # no device sync on a GPU
         raise DataError(f"{who}: embeddings contain NaN or Inf")
     return emb.reshape(emb.shape[0], -1)
 
@@ -35,14 +37,14 @@ def _check_per_sample(values, n: int, who: str, what: str, device: torch.device)
         raise DataError(f"{who}: {what} must be integer or floating point, got {values.dtype}")
     if values.numel() != n:
         raise DataError(f"{who}: {what} has {values.numel()} values for {n} embeddings")
-    if values.is_floating_point() and not bool(torch.isfinite(values).all()):
+    if values.is_floating_point() and host_reads_allowed(values) and not bool(torch.isfinite(values).all()):
         raise DataError(f"{who}: {what} contain NaN or Inf")
     return values.reshape(n).to(device)
 
 
 def _l2_caffe(emb: torch.Tensor, eps: float, who: str) -> torch.Tensor:
     out = l2_normalize(emb, eps)
-    if eps == 0.0:
+    if eps == 0.0 and host_reads_allowed(emb):
         zero = (emb.detach() == 0).all(1)
         if bool(zero.any()):
             raise DataError(f"{who}: embedding {int(zero.nonzero()[0])} is all zeros; the RLL fork's L2 "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from rll_repro.device import host_reads_allowed
 from rll_repro.errors import DataError
 from rll_repro.layers.osm_caa import osm_caa_loss
 from rll_repro.losses._base import MODES, _check_embeddings, _check_per_sample, _distances, _l2_caffe, _l2_plain
@@ -55,7 +56,7 @@ class OSMCAALoss(nn.Module):
         n = emb.shape[0]
         labels = _check_per_sample(labels, n, who, "labels", emb.device)
         attention = _check_per_sample(attention, n, who, "attention", emb.device)
-        if bool((attention < 0).any()):
+        if host_reads_allowed(attention) and bool((attention < 0).any()):
             raise DataError(f"{who}: attention scores must be >= 0 (Caffe feeds a Gaussian pdf)")
         if self.mode == "paper":
             emb = _l2_plain(emb) if self.normalize else emb

@@ -33,6 +33,20 @@ def _generators(seed: int | None, device: torch.device):
     return fillers, None  # meta / fake devices: no data, no generator
 
 
+def _place(modules: nn.Module, device: torch.device) -> None:
+    """Move every param and buffer to ``device`` as new tensors (not ``Module.to``, which swaps
+    tensors in place and cannot under FakeTensorMode); done before anything else references them."""
+    if device.type == "cpu":
+        return
+    for module in modules.modules():
+        for name, p in module._parameters.items():
+            if p is not None:
+                module._parameters[name] = nn.Parameter(p.data.to(device), requires_grad=p.requires_grad)
+        for name, b in module._buffers.items():
+            if b is not None:
+                module._buffers[name] = b.to(device)
+
+
 class Net(Engine, PycaffeFacade, WeightsIO, nn.Module):
     """A Caffe net built from a prototxt (or NetParameter), on one device, with pycaffe's API.
 
@@ -95,7 +109,7 @@ class Net(Engine, PycaffeFacade, WeightsIO, nn.Module):
                 raise
             raise NetError(f"{self.source}: {exc}") from exc
         self.layers = nn.ModuleList(step.layer for step in plan.steps)
-        self.layers.to(self.device)  # filled on the CPU, then moved
+        _place(self.layers, self.device)  # filled on the CPU, then moved
         self.layer_names = plan.layer_names
         self.layer_params = plan.layer_params
         self._steps = plan.steps
