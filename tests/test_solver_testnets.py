@@ -64,3 +64,15 @@ def test_testall_runs_at_the_interval_with_the_train_weights_and_averages(tmp_pa
     assert "Iteration 3, Testing net (#0)" in text
     assert "Test net output #0: acc = " in text or "Test net output #1: acc = " in text
     assert " loss = " in text and "(* 1 = " in text
+
+
+def test_test_nets_nobody_feeds_are_not_tested_nor_logged(tmp_path):
+    # The CLI's train names no test source: Caffe's TestAll would average its data layers' outputs;
+    # without a feed there is nothing to test, so no 'Test net output #0: loss = 0' lines either.
+    with GlogWriter(tmp_path / "log") as log:
+        solver, _ = _solver(log)
+        solver.test_batches = None
+        solver.step(4, batches=lambda it: {"data": X[0], "label": Y[0]})
+        assert solver.test_all() == [] and solver.test_results == []
+    text = (tmp_path / "log").read_text()
+    assert "Test net output" not in text and "Testing net" not in text
