@@ -1,17 +1,27 @@
-"""Pairwise distances and helpers shared by the two papers' pair losses (Gram-matrix form).
+"""Pairwise distances and helpers shared by the two papers' pair losses (Gram-matrix form, by blocks).
 
-Caffe runs the custom loss layers as sequential float32 C++. The ports do the elementwise (N, N)
+Caffe runs the custom loss layers as sequential float32 C++. The ports do the elementwise pair
 arithmetic in the input's dtype, so each float operation Caffe performs is the same correctly
 rounded float32 operation here (a pair on a strict ``> 0`` boundary in Caffe is on it here too);
-sums are accumulated in float64 and rounded once, and the two (N, N) x (N, D) products run in
-float64. The remaining difference to Caffe is its own summation-order noise (a few ulp).
+sums are accumulated in float64 and rounded once, and the (pairs) x (N, D) products run in float64.
+The remaining difference to Caffe is its own summation-order noise (a few ulp).
 
-Distances: ``d2 = |f_i|^2 + |f_j|^2 - 2 f_i.f_j`` in float64 (no N*N*D tensor). Pairs whose Gram
-value is within the Gram form's rounding error of 0 (d2 < 1e-6 (|f_i|^2 + |f_j|^2)) are recomputed
-from ``f_i - f_j`` exactly as Caffe does (in chunks), so exact duplicates get d2 = 0 exactly, and
-their gradient terms use that difference too (the unit direction's 1/(d + 1e-6) would amplify the
-Gram form's cancellation error). Pathological batches (all rows equal) cost O(N^2 D) time there,
-still in chunks of bounded memory.
+Every per-pair quantity of these losses is symmetric in (i, j), so the pairs are visited once, as a
+**staircase of row blocks** (:class:`PairBlocks`): block row ``r0:r1`` holds the pairs (i, j) with
+i in r0:r1 and j in r0:N, i.e. its diagonal block (both orders, i == j included) and everything to
+the right of it (each unordered pair once). The Gram products, the elementwise work and the memory
+are about half of the full N x N matrices'; the gradient product still touches every (i, j) once
+per endpoint (:meth:`PairBlocks.apply`).
+
+Distances: ``d2 = |f_i|^2 + |f_j|^2 - 2 f_i.f_j`` in float64 (no N*N*D tensor), one value per pair
+(the diagonal block is made bitwise symmetric). Pairs whose Gram value is within the Gram form's
+rounding error of 0 (d2 < 1e-6 (|f_i|^2 + |f_j|^2)) are recomputed from ``f_i - f_j`` exactly as
+Caffe does, so exact duplicates get d2 = 0 exactly, and their gradient terms use that difference too
+(the unit direction's 1/(d + 1e-6) would amplify the Gram form's cancellation error). The number of
+such pairs is data dependent; to stay free of host synchronisation (any device, ``meta``, fake
+tensors) each block row recomputes at most ``r1 - r0`` of them (a fixed-size ``nonzero_static``);
+pairs beyond that (a block of many duplicates) keep their float64 Gram value (absolute error
+~1e-16 |f|^2, with their gradient term in Gram form).
 """
 from __future__ import annotations
 
@@ -19,63 +29,89 @@ import torch
 
 F64 = torch.float64
 NEAR = 1e-6  # relative Gram d2 below which a pair is recomputed from its difference vector
-CHUNK = 4096  # pairs per chunk in that recomputation
+MIN_BLOCK = 128  # rows per block row, at least (the diagonal blocks are computed in both orders)
+ROW_BLOCKS = 8  # block rows, at most
 
 
-class PairGeometry:
-    """Caffe's per-pair squared distances of the rows of ``f`` (N x D) in Gram form.
+def row_blocks(n: int) -> list[tuple[int, int]]:
+    """The block rows (r0, r1) of the staircase over n samples."""
+    b = max(MIN_BLOCK, -(-n // ROW_BLOCKS))
+    return [(r0, min(n, r0 + b)) for r0 in range(0, n, b)]
 
-    ``d2``: (N, N) tensor of ``f.dtype``, ``dot(f_i - f_j, f_i - f_j)`` (diagonal 0, symmetric);
-    ``f64``: f as float64; ``near``: (i, j) index tensors of the pairs recomputed from their
-    difference vector (None if there are none).
-    """
+
+class BlockRow:
+    """Pairs (i, j), i in r0:r1, j in r0:n (local index (i - r0, j - r0)); columns 0:k are the
+    diagonal block (k = r1 - r0). ``d2``: (k, n - r0) squared distances in f's dtype; ``near_i``,
+    ``near_j``: local indices of the recomputed pairs (padding entries are (0, 0), the diagonal)."""
+
+    def __init__(self, r0: int, r1: int, d2: torch.Tensor, near_i: torch.Tensor, near_j: torch.Tensor):
+        self.r0, self.r1, self.k = r0, r1, r1 - r0
+        self.d2, self.near_i, self.near_j = d2, near_i, near_j
+
+    def diag(self, x: torch.Tensor) -> torch.Tensor:
+        """The (i, i) entries of a block-row-shaped tensor (a view)."""
+        return x[:, :self.k].diagonal()
+
+    def pair_sum(self, x: torch.Tensor) -> torch.Tensor:
+        """Sum over both orders of the block row's pairs (diagonal block once, the rest twice), float64."""
+        return x[:, :self.k].sum(dtype=F64) + 2.0 * x[:, self.k:].sum(dtype=F64)
+
+
+class PairBlocks:
+    """Caffe's per-pair squared distances of the rows of ``f`` (N x D), as the staircase of
+    :class:`BlockRow` (``self.rows``)."""
 
     def __init__(self, f: torch.Tensor):
+        n = f.shape[0]
+        self.f, self.n = f, n
         f64 = f.to(F64)
-        sq = (f64 * f64).sum(1)
-        scale = sq[:, None] + sq[None, :]
-        d2 = torch.addmm(scale, f64, f64.T, alpha=-2.0).clamp_min_(0.0)
-        d2.fill_diagonal_(0.0)
-        near = d2 < scale.mul_(NEAR)
-        near.fill_diagonal_(False)
-        self.near = None
-        if bool(near.any()):
-            near |= near.T.clone()  # the Gram matrix need not be bitwise symmetric
-            self.near = near.nonzero(as_tuple=True)
-            for a, b in self._chunks():
-                diff = f[a] - f[b]
-                d2[a, b] = (diff * diff).sum(1, dtype=F64)
-        d2 = d2.to(f.dtype)
-        self.d2 = torch.minimum(d2, d2.T)  # one distance per pair, as Caffe computes it once
         self.f64 = f64
+        ones = torch.ones(n, 1, dtype=F64, device=f.device)
+        self._f1 = torch.cat([f64, ones], 1)  # the last column gives the row sums in apply's product
+        sq = (f64 * f64).sum(1)
+        near_scale = (sq * NEAR).to(f.dtype)
+        self.rows = []
+        for r0, r1 in row_blocks(n):
+            k = r1 - r0
+            g = torch.addmm(sq[r0:r1, None], f64[r0:r1], f64[r0:].T, alpha=-2.0)
+            g.add_(sq[None, r0:]).clamp_min_(0.0)
+            diag = g[:, :k]
+            diag.copy_(torch.minimum(diag, diag.T))  # one value per pair
+            diag.diagonal().zero_()
+            d2 = g.to(f.dtype)
+            near = d2 < near_scale[r0:r1, None] + near_scale[None, r0:]
+            near[:, :k].diagonal().zero_()
+            idx = torch.nonzero_static(near, size=k, fill_value=0)
+            ni, nj = idx[:, 0], idx[:, 1]
+            diff = f[ni + r0] - f[nj + r0]
+            d2.index_put_((ni, nj), (diff * diff).sum(1, dtype=F64).to(f.dtype))
+            self.rows.append(BlockRow(r0, r1, d2, ni, nj))
 
-    def _chunks(self):
-        i, j = self.near
-        for start in range(0, len(i), CHUNK):  # chunks of near pairs, not a loop over samples
-            yield i[start:start + CHUNK], j[start:start + CHUNK]
-
-    def apply(self, a: torch.Tensor) -> torch.Tensor:
-        """g_i = sum_j a_ij (f_i - f_j), in float64: Gram form (diag(rowsum a) - a) @ f, except for
-        the near pairs, whose (large-coefficient) terms use the difference vector itself."""
-        m = a.to(F64, copy=True).neg_()
-        if self.near is not None:
-            near_a = -m[self.near]
-            m[self.near] = 0.0
-        m.diagonal().sub_(m.sum(1))  # rowsum of a (diagonal of a is 0)
-        g = m @ self.f64
-        if self.near is not None:
-            start = 0
-            for i, j in self._chunks():
-                coef = near_a[start:start + len(i), None]
-                g.index_add_(0, i, coef * (self.f64[i] - self.f64[j]))
-                start += len(i)
-        return g
-
-
-def labels_equal(labels: torch.Tensor) -> torch.Tensor:
-    """(N, N) bool: y_i == y_j, exact float equality as in Caffe (integers compared exactly)."""
-    y = labels.reshape(-1)
-    return y[:, None] == y[None, :]
+    def apply(self, coefficients) -> torch.Tensor:
+        """g_i = sum_j a_ij (f_i - f_j) in float64, (N, D). ``coefficients`` yields, per block row,
+        ``(a_row, a_col)`` of the block row's shape: ``a_row[i, j]`` = a_ij (row i's coefficient of
+        the pair) and ``a_col[i, j]`` = a_ji (row j's; only its columns k: are read; pass the same
+        tensor twice when a is symmetric). Gram form (rowsum(a) f_i - a f) except for the recomputed
+        pairs, whose (large-coefficient) terms use the difference vector itself."""
+        n, dim = self.f64.shape
+        acc = torch.zeros(n, dim + 1, dtype=F64, device=self.f64.device)
+        near = torch.zeros(n, dim, dtype=F64, device=self.f64.device)
+        for blk, (a_row, a_col) in zip(self.rows, coefficients):
+            r0, r1, k = blk.r0, blk.r1, blk.k
+            ni, nj = blk.near_i, blk.near_j
+            gi, gj = ni + r0, nj + r0
+            diff = self.f64[gi] - self.f64[gj]
+            m = a_row.to(F64, copy=True)
+            near.index_add_(0, gi, m[ni, nj, None] * diff)
+            m[ni, nj] = 0.0  # padding entries (0, 0) are the diagonal, whose coefficient is 0
+            acc[r0:r1].addmm_(m, self._f1[r0:])
+            if r1 < n:
+                m = a_col.to(F64, copy=True)
+                c = torch.where(nj >= k, m[ni, nj], 0.0)  # diagonal-block pairs are in a_row already
+                near.index_add_(0, gj, c[:, None] * diff.neg_())
+                m[ni, nj] = 0.0
+                acc[r1:].addmm_(m[:, k:].T, self._f1[r0:r1])
+        return acc[:, dim:] * self.f64 - acc[:, :dim] + near
 
 
 def sum64(x: torch.Tensor, dim=None, keepdim: bool = False, init: float = 0.0) -> torch.Tensor:

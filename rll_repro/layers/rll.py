@@ -32,7 +32,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from rll_repro.layers._pairwise import F64, PairGeometry, labels_equal
+from rll_repro.layers._pairwise import F64, PairBlocks
 from rll_repro.layers._util import check_bottoms, check_tops, fail, has
 from rll_repro.layers.base import Layer
 from rll_repro.layers.registry import register
@@ -62,74 +62,108 @@ class RLLParams:
             object.__setattr__(self, name, float(f32(getattr(self, name))))
 
 
-def _pair_weights(d, same, params: RLLParams, pos_boundary: float, neg_boundary: float) -> torch.Tensor:
-    """(N, N) w_ij = pow(base, T * t) where t > 0 strictly, else 0 (diagonal 0), in d's dtype.
-
-    t = d - pos_boundary for positives, neg_boundary - d for negatives; every operation is the
-    float operation Caffe performs (d, boundaries and T are floats).
-    """
+def _pair_terms(d, same, params: RLLParams, pos_boundary: float, neg_boundary: float):
+    """(t, w) of a block of pairs: t = d - pos_boundary for positives, neg_boundary - d for
+    negatives, w = pow(base, T * t) where t > 0 strictly, else 0, in d's dtype; every operation is
+    the float operation Caffe performs (d, boundaries and T are floats)."""
     t = torch.where(same, d - pos_boundary, neg_boundary - d)
-    exponent = t * torch.where(same, params.scale_p, params.scale_n).to(d.dtype)
+    if params.scale_p == params.scale_n:
+        exponent = t * params.scale_p
+    else:
+        exponent = t * torch.where(same, params.scale_p, params.scale_n).to(d.dtype)
     if params.base_p == params.base_n:
         w = torch.pow(params.base_p, exponent)
     else:
         w = torch.pow(torch.where(same, params.base_p, params.base_n).to(d.dtype), exponent)
-    return w.masked_fill_(t <= 0, 0.0).fill_diagonal_(0.0)
+    return t, w.masked_fill_(t <= 0, 0.0)
+
+
+def _pair_weights(d, same, params: RLLParams, pos_boundary: float, neg_boundary: float) -> torch.Tensor:
+    """The (N, N) w of :func:`_pair_terms` (diagonal 0)."""
+    return _pair_terms(d, same, params, pos_boundary, neg_boundary)[1].fill_diagonal_(0.0)
+
+
+def _anchor_sums(all_sum, pos_sum, dtype):
+    """S+_k, S-_k (each starting at 1e-8) and the share (S+_k + S-_k) / Z, Z = 1e-8 + sum_k
+    (S+_k + S-_k), from the float64 per-anchor sums over all / positive pairs."""
+    sp = (pos_sum + EPS_SUM).to(dtype)
+    sn = (all_sum - pos_sum + EPS_SUM).to(dtype)
+    z = (sp.sum(dtype=F64) + sn.sum(dtype=F64) + EPS_SUM).to(dtype)
+    return sp, sn, (sp + sn) / z
+
+
+def _signed_shares(half_w, same, sp, sn, share):
+    """Signed K_ij = +-0.5 w_ij / S_i * ((S+_i + S-_i) / Z) (+ for positives, - for negatives), the
+    anchor's S and share broadcast against ``half_w`` = 0.5 w. ``0.5 * w`` is exact in float, so the
+    float division equals Caffe's double quotient rounded; the sign rides on the divisor (exact)."""
+    return torch.div(half_w, torch.where(same, sp, -sn)).mul_(share)
 
 
 def _anchor_coefficients(w, same):
-    """Signed K_ij = +-0.5 w_ij / S_i * ((S+_i + S-_i) / Z) (+ for positives, - for negatives),
-    S+/S- the anchor's sums over its positive / negative pairs starting at 1e-8, Z = 1e-8 +
-    sum_k (S+_k + S-_k); each row uses its own anchor. ``0.5 * w`` is exact in float, so the float
-    division equals Caffe's double quotient rounded; the sign rides on the divisor (exact)."""
-    all_sum = w.sum(1, keepdim=True, dtype=F64)
-    pos_sum = (w * same).sum(1, keepdim=True, dtype=F64)
-    sp = (pos_sum + EPS_SUM).to(w.dtype)
-    sn = (all_sum - pos_sum + EPS_SUM).to(w.dtype)
-    z = (torch.cat([sp, sn], 1).sum(dtype=F64) + EPS_SUM).to(w.dtype)
-    share = (sp + sn) / z
-    return w.mul(0.5).div_(torch.where(same, sp, -sn)).mul_(share)
-
-
-def _reported_value(d, same, params: RLLParams) -> torch.Tensor:
-    """Unweighted squared-hinge mean over the P pairs (thresholds nt - m and nt)."""
-    pos_thr = float(f32(params.negative_threshold) - f32(params.pn_margin))
-    hinge = torch.where(same, d - pos_thr, params.negative_threshold - d).clamp_min_(0.0)
-    sq = hinge.square_().fill_diagonal_(0.0)
-    n = d.shape[0]
-    return (sq.sum(dtype=F64) / (n * (n - 1))).to(d.dtype)  # both triangles: 2 * sum_{i<j} / (2P)
-
-
-def _top_diff(top_diff) -> float:
-    return float(top_diff.detach().reshape(())) if torch.is_tensor(top_diff) else float(top_diff)
+    """K_ij of :func:`_signed_shares` for a whole (N, N) w, each row using its own anchor."""
+    sp, sn, share = _anchor_sums(w.sum(1, keepdim=True, dtype=F64), (w * same).sum(1, keepdim=True, dtype=F64), w.dtype)
+    return _signed_shares(w * 0.5, same, sp, sn, share)
 
 
 def _rll_value_and_grad(emb, labels, params: RLLParams, top_diff, era: str, need_grad: bool = True):
-    n = emb.shape[0]
+    """Value (unweighted squared-hinge mean over the P pairs, thresholds nt - m and nt) and Caffe's
+    gradient, pair blocks visited once (see _pairwise)."""
+    n, dt = emb.shape[0], emb.dtype
+    m = f32(params.pn_margin)
+    if era == "v12":
+        bounds = float(f32(1) - m / f32(2)), float(f32(1) + m / f32(2))
+    else:
+        margin = f32(params.negative_threshold)
+        bounds = float(margin - m), float(margin)
+    value_bounds = float(f32(params.negative_threshold) - m), params.negative_threshold
     with torch.no_grad():
-        geometry = PairGeometry(emb.reshape(n, -1))
-        d2 = geometry.d2
-        d = torch.sqrt(d2)
-        same = labels_equal(labels)
+        pairs = PairBlocks(emb.reshape(n, -1))
+        y = labels.reshape(-1)
+        device = emb.device
+        total = torch.zeros((), dtype=F64, device=device)
+        all_sum = torch.zeros(n, dtype=F64, device=device)
+        pos_sum = torch.zeros(n, dtype=F64, device=device)
+        kept = []
+        for blk in pairs.rows:
+            r0, r1, k = blk.r0, blk.r1, blk.k
+            d = torch.sqrt(blk.d2)
+            same = y[r0:r1, None] == y[None, r0:]
+            if need_grad:
+                t, w = _pair_terms(d, same, params, *bounds)
+                blk.diag(w).zero_()
+                wp = torch.where(same, w, 0.0)
+                all_sum[r0:r1] += w.sum(1, dtype=F64)
+                pos_sum[r0:r1] += wp.sum(1, dtype=F64)
+                all_sum[r1:] += w[:, k:].sum(0, dtype=F64)
+                pos_sum[r1:] += wp[:, k:].sum(0, dtype=F64)
+                kept.append((d, same, w))
+            if need_grad and value_bounds == bounds:
+                hinge = t.clamp_min(0.0)  # the value's thresholds are the weights' ones
+            else:
+                lo, hi = value_bounds
+                hinge = torch.where(same, d - lo, hi - d).clamp_min_(0.0)
+            sq = hinge.square_()
+            blk.diag(sq).zero_()
+            total += blk.pair_sum(sq)
+        value = (total / (n * (n - 1))).to(dt)  # both orders: 2 * sum_{i<j} / (2P)
         if not need_grad:
-            return _reported_value(d, same, params), None
-        m = f32(params.pn_margin)
-        if era == "v12":
-            bounds = float(f32(1) - m / f32(2)), float(f32(1) + m / f32(2))
-        else:
-            margin = f32(params.negative_threshold)
-            bounds = float(margin - m), float(margin)
-        w = _pair_weights(d, same, params, *bounds)
-        k = _anchor_coefficients(w, same)
-        lam = _top_diff(top_diff)
-        if era == "v12":  # unit direction: c = float(1 / (d + 1e-6)), the sum taken in double
-            unit = d.to(F64, copy=True).add_(EPS_UNIT).reciprocal_().to(d.dtype)
-            k.mul_(unit if lam == 1.0 else unit.mul_(lam))
-        elif lam != 1.0:  # raw difference; the hinge mask is w > 0 (same boundaries)
-            k.mul_(lam)
-        k.masked_fill_(d2 == 0, 0.0)  # f_i - f_j = 0: no contribution (no NaN)
-        grad = geometry.apply(k).to(emb.dtype)
-        value = _reported_value(d, same, params)
+            return value, None
+        sp, sn, share = _anchor_sums(all_sum, pos_sum, dt)
+        lam = torch.as_tensor(top_diff, device=device).detach().reshape(()).to(dt)
+
+        def coefficients():
+            for blk, (d, same, w) in zip(pairs.rows, kept):
+                r0, r1 = blk.r0, blk.r1
+                if era == "v12":  # unit direction: c = float(1 / (d + 1e-6)), the sum taken in double
+                    scale = d.to(F64, copy=True).add_(EPS_UNIT).reciprocal_().to(dt).mul_(lam)
+                else:  # raw difference; the hinge mask is w > 0 (same boundaries)
+                    scale = lam
+                half_w = w.mul_(0.5).masked_fill_(blk.d2 == 0, 0.0)  # f_i - f_j = 0: no contribution
+                a_row = _signed_shares(half_w, same, sp[r0:r1, None], sn[r0:r1, None], share[r0:r1, None])
+                a_col = _signed_shares(half_w, same, sp[None, r0:], sn[None, r0:], share[None, r0:])
+                yield a_row.mul_(scale), a_col.mul_(scale)
+
+        grad = pairs.apply(coefficients()).to(dt)
     return value, grad.reshape(emb.shape)
 
 
@@ -242,7 +276,9 @@ class DistanceWeightedValidPairLossV12(Layer):
         if len(param.propagate_down) > 1 and param.propagate_down[1]:
             raise fail(param, "cannot backpropagate to the labels (propagate_down[1] must be 0)")
         self.params = _layer_params(param, self.cvpr19)
-        self.top_value = torch.zeros((), dtype=ctx.dtype)  # Caffe's zero-initialised top blob
+        # Caffe's zero-initialised top blob: a buffer, so it follows the net to its device and dtype
+        # (not persistent: it is not a weight; solver snapshots keep it in their side state)
+        self.register_buffer("top_value", torch.zeros((), dtype=ctx.dtype, device=ctx.device), persistent=False)
         self._sink = _Sink()
         self.reshape(bottom_shapes)
 
@@ -261,9 +297,9 @@ class DistanceWeightedValidPairLossV12(Layer):
     def after_backward(self):
         if self.cvpr19 or self._sink.value is None:
             return None
-        self.top_value = self._sink.value
+        self.top_value.copy_(self._sink.value)  # in place: the buffer stays the same object
         self._sink.value = None
-        return [self.top_value]
+        return [self.top_value.clone()]
 
     def extra_repr(self) -> str:
         p = self.params
