@@ -197,6 +197,15 @@ def _cvpr_original(path: str) -> Original:
     return Original(RLL_REPOSITORY, CVPR_COMMIT, path)
 
 
+_CVPR_NOTE = ("(equal as a caffe NetParameter read with that commit's schema, where field 1 is\n"
+              "`margin`, except the type: DistanceWeightedValidPairLossV12CVPR19 selects the CVPR-era\n"
+              "layer; tests/test_recipes_older_commits.py: the Market net + rll SPEC §1.5's fields).")
+_CUB_NOTE = ("(equal as a caffe NetParameter; that file is not in ../shared: tests/test_recipes_older_commits.py\n"
+             "proves this is the released Market net with exactly rll SPEC §1.5's fields changed).")
+_SOLVER_NOTE = ("(equal as a caffe SolverParameter; that file is not in ../shared:\n"
+                "tests/test_recipes_older_commits.py checks each field against rll SPEC §1.5).")
+
+
 def _market_derived_net(batch: int, pn_margin: float, margin: float, loss_type: str,
                         embedding_lr_mult: float = 10):
     """The Market train net (180, 512-d, T_p 0, T_n 10, no dropout) with the older configs' fields:
@@ -223,12 +232,14 @@ def _cvpr_sop_setting(config: str, margin: float, name: str, published: dict, no
     folder = f"prototxt/rll/{name.replace('rll-', '').replace('-', '_')}"
     train = GeneratedFile(f"{folder}/train.prototxt", "train",
                           _cvpr_original(f"{_CVPR_SOP}/{config}/train.prototxt"),
-                          lambda: _market_derived_net(180, 0.4, margin, edits.CVPR19_TYPE))
+                          lambda: _market_derived_net(180, 0.4, margin, edits.CVPR19_TYPE),
+                          note=_CVPR_NOTE)
     solv = GeneratedFile(f"{folder}/solver.prototxt", "solver",
                          _cvpr_original(f"{_CVPR_SOP}/{config}/solver.prototxt"),
                          lambda: solver(net="train.prototxt", lr_policy="multistep", gamma=0.5,
                                         stepvalue=[5000, 10000, 15000], type="SGD", base_lr=0.01,
-                                        weight_decay=0.00001, momentum=0.9))
+                                        weight_decay=0.00001, momentum=0.9),
+                         note=_SOLVER_NOTE)
     return register(Setting(
         name=name, paper="rll", dataset="SOP",
         description=f"Stanford Online Products, CVPR-era RLL (L,M,H), batch 180 = 60x3, 512-d heads, "
@@ -277,14 +288,16 @@ SOP_CVPR_M10 = _cvpr_sop_setting(
 _cub_train = GeneratedFile(
     "prototxt/rll/cub/train.prototxt", "train",
     _cvpr_original(f"{_CUB}/60_n1.4_pn0.2_tp0_tn10/train.prototxt"),
-    lambda: _market_derived_net(60, 0.2, 1.4, edits.V12_TYPE, embedding_lr_mult=100))
+    lambda: _market_derived_net(60, 0.2, 1.4, edits.V12_TYPE, embedding_lr_mult=100),
+    note=_CUB_NOTE)
 _cub_solver = GeneratedFile(
     "prototxt/rll/cub/solver.prototxt", "solver",
     _cvpr_original(f"{_CUB}/60_n1.4_pn0.2_tp0_tn10/solver.prototxt"),
     lambda: solver(net="train.prototxt", lr_policy="multistep", gamma=0.5,
                    stepvalue=[2000, 4000, 6000, 8000], type="SGD", base_lr=0.001,
                    weight_decay=0.00002, momentum=0.9, max_iter=10000, negative_threshold=1.4,
-                   pn_margin=0.2, p_temperature=0, n_temperature=10))
+                   pn_margin=0.2, p_temperature=0, n_temperature=10),
+    note=_SOLVER_NOTE)
 _CUB_CKPTS = tuple(range(500, 10001, 500))
 CUB = register(Setting(
     name="rll-cub", paper="rll", dataset="CUB-200-2011",

@@ -81,6 +81,7 @@ class GeneratedFile:
     original: Original
     build: Callable = field(compare=False, repr=False)  # () -> NetParameter | SolverParameter
     used_by_release: bool = True  # False: an extra the released scripts do not run
+    note: str = ""               # header lines replacing "equal ...; proven by ..." when that differs
 
 
 @dataclass(frozen=True)
