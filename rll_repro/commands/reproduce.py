@@ -31,6 +31,14 @@ all in the run folder --out:
 Every paper setting is wired: rll-sop, rll-inshop, rll-market, osm-cars(-bbox), osm-cub(-bbox),
 osm-mars and osm-lpw (tracklet frames preprocessed on the fly, tracklet feature = mean of frames;
 MARS also needs query_IDX.mat in --lists; result files without_minus1_AVG.txt / LPW_TEST_AF.txt).
+So are the older-commit settings rll-sop-cvpr (the paper's SOP config and the base of its
+ablations), rll-sop-cvpr-m10 and rll-cub, and the reconstructed rll-cars (--list marks each).
+
+--set KNOB=VALUE runs a paper ablation on a RLL setting: alpha, m, T, batch=CxK or level=L|M|H|(L,M,H)
+(rll_repro/recipes/ablations.py names the fields each changes); the derived train/solver prototxts
+are written into <out>/prototxt and the diff uses the ablation table's row. A knob the Caffe
+layer's gradient ignores is refused (alpha on the released V12 layer). --coverage prints which
+command reproduces each published entry (docs/coverage.md).
 
 examples:
   rll-repro reproduce digits
@@ -40,6 +48,9 @@ examples:
       --weights googlenet_bn.caffemodel --out runs/rll-sop
   rll-repro reproduce rll-sop --data-root /data/SOP --lists lists/ --weights googlenet_bn.caffemodel \\
       --out runs/sop-smoke --max-iter 20 --checkpoints 20 --test-batch 64 --threads 2
+  rll-repro reproduce rll-sop-cvpr --set alpha=1.4 --data-root /data/SOP --lists lists/ \
+      --weights googlenet_bn.caffemodel
+  rll-repro reproduce --coverage
 """
 
 
