@@ -31,11 +31,13 @@ _ITEMSIZE = {MI_INT8: 1, MI_UINT8: 1, MI_INT16: 2, MI_UINT16: 2, MI_INT32: 4, MI
              MI_SINGLE: 4, MI_DOUBLE: 8, MI_INT64: 8, MI_UINT64: 8, MI_UTF8: 1, MI_UTF16: 2, MI_UTF32: 4}
 _NUMERIC_TYPES = {MI_INT8, MI_UINT8, MI_INT16, MI_UINT16, MI_INT32, MI_UINT32, MI_SINGLE, MI_DOUBLE,
                   MI_INT64, MI_UINT64}
-_CHAR_TYPES = {MI_INT8, MI_UINT8, MI_INT16, MI_UINT16, MI_UTF8, MI_UTF16, MI_UTF32}
+_CHAR_TYPES = {MI_INT8, MI_UINT8, MI_INT16, MI_UINT16, MI_UTF8, MI_UTF16, MI_UTF32} | _NUMERIC_TYPES
+_FLAGS, _DIMS, _NAME, _MATRIX = frozenset({MI_UINT32}), frozenset({MI_INT32}), frozenset({MI_INT8, MI_UINT8}), frozenset({MI_MATRIX})
+_INDEX_TYPES = frozenset({MI_INT32, MI_UINT32})
 
 # array classes (mxXXX_CLASS)
 MX_CELL, MX_STRUCT, MX_OBJECT, MX_CHAR, MX_SPARSE = 1, 2, 3, 4, 5
-_MX_NUMERIC = set(range(6, 16))  # double, single, int8 ... uint64
+# 6 .. 15: double, single, int8, uint8, int16, uint16, int32, uint32, int64, uint64
 MX_FUNCTION, MX_OPAQUE = 16, 17
 
 MAX_DEPTH = 64  # cells of cells of structs ...; real files nest a few levels
@@ -46,6 +48,7 @@ class _Reader:
     def __init__(self, where: str, endian: str):
         self.where = where
         self.e = endian
+        self.pair = struct.Struct(endian + "II")
 
     def fail(self, offset: int, what: str):
         raise FormatError(f"{self.where}: damaged MATLAB v5 file at byte {offset}: {what}")
@@ -54,17 +57,16 @@ class _Reader:
         """(mdtype, nbytes, data start, next element) of the element at ``pos``; within ``end``."""
         if pos + 8 > end:
             self.fail(pos, "element tag runs past its container")
-        first, second = struct.unpack_from(self.e + "II", buf, pos)
+        first, second = self.pair.unpack_from(buf, pos)
         if first >> 16:  # small data element: 2-byte size, 2-byte type, data in the next 4 bytes
-            mdtype, nbytes = first & 0xFFFF, first >> 16
-            if nbytes > 4:
-                self.fail(pos, f"small data element of {nbytes} bytes (at most 4)")
-            return mdtype, nbytes, pos + 4, pos + 8
-        mdtype, nbytes = first, second
+            if first >> 16 > 4:
+                self.fail(pos, f"small data element of {first >> 16} bytes (at most 4)")
+            return first & 0xFFFF, first >> 16, pos + 4, pos + 8
         data = pos + 8
-        if data + nbytes > end:
-            self.fail(pos, f"element of {nbytes} bytes runs past its container ({end - data} left)")
-        return mdtype, nbytes, data, min(data + (-(-nbytes // 8) * 8), end)
+        if data + second > end:
+            self.fail(pos, f"element of {second} bytes runs past its container ({end - data} left)")
+        nxt = data + second + (-second % 8)
+        return first, second, data, nxt if nxt < end else end
 
 
 def check_v5(data: bytes, where: str) -> bytes:
@@ -128,7 +130,7 @@ def _check_top(inner: bytes, reader: _Reader, offset: int) -> None:
         raise FormatError(f"{exc} (inside the compressed element at byte {offset})") from None
 
 
-def _sub(buf: bytes, pos: int, end: int, reader: _Reader, types: set[int], what: str):
+def _sub(buf: bytes, pos: int, end: int, reader: _Reader, types, what: str):
     """(mdtype, nbytes, data start, next) of a sub-element that must be one of ``types``."""
     mdtype, nbytes, start, nxt = reader.tag(buf, pos, end)
     if mdtype not in types:
@@ -137,52 +139,59 @@ def _sub(buf: bytes, pos: int, end: int, reader: _Reader, types: set[int], what:
 
 
 def _check_matrix(buf: bytes, pos: int, end: int, reader: _Reader, depth: int) -> None:
-    """One miMATRIX payload ``buf[pos:end]`` (recursively for cells, structs, objects)."""
+    """One miMATRIX payload ``buf[pos:end]`` (recursively for cells, structs, objects). Numeric
+    and char data must hold exactly the values their dimensions state, so no array scipy makes
+    from a checked file is larger than the bytes behind it."""
     if depth > MAX_DEPTH:
         reader.fail(pos, f"arrays nested more than {MAX_DEPTH} deep")
     if pos == end:
         return  # an empty matrix: scipy reads it as a 0 x 0 double
-    _, nbytes, start, pos = _sub(buf, pos, end, reader, {MI_UINT32}, "array flags")
+    _, nbytes, start, pos = _sub(buf, pos, end, reader, _FLAGS, "array flags")
     if nbytes != 8:
         reader.fail(start - 8, f"array flags of {nbytes} bytes (expected 8)")
-    flags, nzmax = struct.unpack_from(reader.e + "II", buf, start)
-    mclass, is_complex = flags & 0xFF, bool(flags & 0x800)
+    flags, nzmax = reader.pair.unpack_from(buf, start)
+    mclass, is_complex = flags & 0xFF, flags & 0x800
     if mclass == MX_OPAQUE:
         for what in ("opaque name", "opaque type system", "opaque class name"):
-            _, _, _, pos = _sub(buf, pos, end, reader, {MI_INT8, MI_UINT8}, what)
-        _, nbytes, start, pos = _sub(buf, pos, end, reader, {MI_MATRIX}, "opaque contents")
+            _, _, _, pos = _sub(buf, pos, end, reader, _NAME, what)
+        _, nbytes, start, pos = _sub(buf, pos, end, reader, _MATRIX, "opaque contents")
         _check_matrix(buf, start, start + nbytes, reader, depth + 1)
         return
-    _, nbytes, start, pos = _sub(buf, pos, end, reader, {MI_INT32}, "dimensions")
-    if nbytes % 4 or not 1 <= nbytes // 4 <= MAX_DIMS:
+    _, nbytes, start, pos = _sub(buf, pos, end, reader, _DIMS, "dimensions")
+    ndims = nbytes >> 2
+    if nbytes & 3 or not 1 <= ndims <= MAX_DIMS:
         reader.fail(start - 8, f"dimensions element of {nbytes} bytes (1 to {MAX_DIMS} int32)")
-    dims = struct.unpack_from(reader.e + f"{nbytes // 4}i", buf, start)
-    if any(d < 0 for d in dims):
+    dims = struct.unpack_from(f"{reader.e}{ndims}i", buf, start)
+    if min(dims) < 0:
         reader.fail(start - 8, f"negative dimension in {list(dims)}")
     count = math.prod(dims)
-    _, _, _, pos = _sub(buf, pos, end, reader, {MI_INT8, MI_UINT8}, "array name")
-    if mclass in _MX_NUMERIC or mclass == MX_CHAR:
-        check_allocation(dims, 8, f"{reader.where}: array at byte {pos}")
-        types = _NUMERIC_TYPES if mclass != MX_CHAR else _CHAR_TYPES | _NUMERIC_TYPES
-        for part in ("real part", "imaginary part")[: 1 + is_complex]:
-            mdtype, nbytes, start, pos = _sub(buf, pos, end, reader, types, part)
+    _, _, _, pos = _sub(buf, pos, end, reader, _NAME, "array name")
+    if mclass == MX_CHAR or 6 <= mclass <= 15:
+        types = _CHAR_TYPES if mclass == MX_CHAR else _NUMERIC_TYPES
+        mdtype, nbytes, start, pos = _sub(buf, pos, end, reader, types, "real part")
+        if mdtype != MI_UTF8 and nbytes != count * _ITEMSIZE[mdtype]:
+            reader.fail(start - 8, f"real part holds {nbytes // _ITEMSIZE[mdtype]} values for dimensions {list(dims)}")
+        if is_complex:
+            mdtype, nbytes, start, pos = _sub(buf, pos, end, reader, types, "imaginary part")
             if mdtype != MI_UTF8 and nbytes != count * _ITEMSIZE[mdtype]:
-                reader.fail(start - 8, f"{part} holds {nbytes // _ITEMSIZE[mdtype]} values for "
+                reader.fail(start - 8, f"imaginary part holds {nbytes // _ITEMSIZE[mdtype]} values for "
                             f"dimensions {list(dims)}")
+    elif mclass == MX_CELL:
+        if count > (end - pos) >> 3:
+            reader.fail(pos, f"{count} cell elements cannot fit in {end - pos} bytes")
+        for _ in range(count):
+            _, nbytes, start, pos = _sub(buf, pos, end, reader, _MATRIX, "cell element")
+            _check_matrix(buf, start, start + nbytes, reader, depth + 1)
     elif mclass == MX_SPARSE:
         _check_sparse(buf, pos, end, reader, dims, nzmax, is_complex)
-    elif mclass == MX_CELL:
-        for _ in range(count):
-            _, nbytes, start, pos = _sub(buf, pos, end, reader, {MI_MATRIX}, "cell element")
-            _check_matrix(buf, start, start + nbytes, reader, depth + 1)
     elif mclass in (MX_STRUCT, MX_OBJECT):
         if mclass == MX_OBJECT:
-            _, _, _, pos = _sub(buf, pos, end, reader, {MI_INT8, MI_UINT8}, "object class name")
-        _, nbytes, start, pos = _sub(buf, pos, end, reader, {MI_INT32}, "field name length")
+            _, _, _, pos = _sub(buf, pos, end, reader, _NAME, "object class name")
+        _, nbytes, start, pos = _sub(buf, pos, end, reader, _DIMS, "field name length")
         if nbytes != 4:
             reader.fail(start - 8, f"field name length of {nbytes} bytes (expected 4)")
         (name_len,) = struct.unpack_from(reader.e + "i", buf, start)
-        _, nbytes, start, pos = _sub(buf, pos, end, reader, {MI_INT8, MI_UINT8}, "field names")
+        _, nbytes, start, pos = _sub(buf, pos, end, reader, _NAME, "field names")
         if name_len <= 0 and nbytes:
             reader.fail(start - 8, f"field names of length {name_len}")
         if name_len > 0 and nbytes % name_len:
@@ -191,10 +200,10 @@ def _check_matrix(buf: bytes, pos: int, end: int, reader: _Reader, depth: int) -
         if fields and count > (end - pos) // 8 // fields:
             reader.fail(pos, f"{count} x {fields} struct fields cannot fit in {end - pos} bytes")
         for _ in range(count * fields):
-            _, nbytes, start, pos = _sub(buf, pos, end, reader, {MI_MATRIX}, "struct field")
+            _, nbytes, start, pos = _sub(buf, pos, end, reader, _MATRIX, "struct field")
             _check_matrix(buf, start, start + nbytes, reader, depth + 1)
     elif mclass == MX_FUNCTION:
-        _, nbytes, start, pos = _sub(buf, pos, end, reader, {MI_MATRIX}, "function handle workspace")
+        _, nbytes, start, pos = _sub(buf, pos, end, reader, _MATRIX, "function handle workspace")
         _check_matrix(buf, start, start + nbytes, reader, depth + 1)
     else:
         reader.fail(pos, f"unknown array class {mclass}")
@@ -209,7 +218,7 @@ def _check_sparse(buf, pos, end, reader, dims, nzmax, is_complex) -> None:
     parts = {}
     for part in ("row indices", "column starts", "values", "imaginary values")[: 3 + is_complex]:
         mdtype, nbytes, start, pos = _sub(buf, pos, end, reader,
-                                          {MI_INT32, MI_UINT32} if "indices" in part or "starts" in part
+                                          _INDEX_TYPES if "indices" in part or "starts" in part
                                           else _NUMERIC_TYPES, part)
         parts[part] = (mdtype, nbytes, start)
     _, ir_bytes, ir_start = parts["row indices"]
