@@ -159,3 +159,25 @@ def test_a_wheel_install_runs_reproduce_digits(tmp_path):
                          timeout=600)
     assert run.returncode == 0, run.stderr
     assert (tmp_path / "run" / "results.json").is_file()
+
+
+def test_reproduce_digits_max_iter_0_snapshots_iteration_0_and_negative_is_refused(tmp_path, capsys):
+    # Caffe's Solve with max_iter 0 trains nothing and snapshots iteration 0 (snapshot_after_train).
+    out = tmp_path / "d0"
+    assert cli.main(["reproduce", "digits", "--max-iter", "0", "--out", str(out)]) == 0
+    assert (out / "digits_iter_0.caffemodel").is_file() and (out / "digits_iter_0.caffemodel.solverstate").is_file()
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["_meta"]["iterations"] == 0 and 0 <= saved["R@1"] <= 100
+    assert cli.main(["reproduce", "digits", "--max-iter", "-5", "--out", str(tmp_path / "neg")]) == 2
+    assert "--max-iter must be >= 0, got -5" in capsys.readouterr().err
+    assert not (tmp_path / "neg" / "results.json").exists()
+
+
+def test_digits_results_json_is_what_diff_reads(tmp_path, capsys):
+    out = tmp_path / "d"
+    assert cli.main(["reproduce", "digits", "--max-iter", "2", "--out", str(out)]) == 0
+    capsys.readouterr()
+    # another run's results.json: Recall@1,2,4,8 compared, the metadata (seconds, loss, ...) not
+    assert cli.main(["diff", str(out / "results.json"), str(out / "results.json"), "--tolerance", "0"]) == 0
+    table = capsys.readouterr().out
+    assert "R@1" in table and "R@8" in table and "seconds" not in table and "all 4 compared metrics" in table

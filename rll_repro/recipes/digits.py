@@ -131,16 +131,22 @@ def recall(features: np.ndarray, labels: np.ndarray) -> dict[str, float]:
 
 def run(out_dir, *, max_iter: int | None = None, seed: int = SEED, echo_log: bool = False,
         progress: bool | None = None, weights: str | None = None) -> dict:
-    """Train, embed the test classes, evaluate; write the run folder. Returns results.json's content.
+    """Train, embed the test classes, evaluate; write the run folder. Returns the results (results.json
+    holds them in the layout ``rll-repro diff`` reads, :func:`results_file`).
 
     ``weights``: a caffemodel to start from (copy_from by layer name, as `caffe train --weights`);
-    default: the prototxt's fillers."""
+    default: the prototxt's fillers. ``max_iter`` 0 trains nothing and, as Caffe's Solve with
+    snapshot_after_train, snapshots iteration 0 (the initial weights), which is then evaluated."""
     import torch
 
     from rll_repro.solver import get_solver
     from rll_repro.train import Schedule, run_training
     from rll_repro.trainlog import GlogWriter, plot_curves
 
+    if max_iter is not None and int(max_iter) < 0:
+        from rll_repro.errors import DataError
+
+        raise DataError(f"--max-iter must be >= 0, got {max_iter}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
@@ -155,6 +161,8 @@ def run(out_dir, *, max_iter: int | None = None, seed: int = SEED, echo_log: boo
     with GlogWriter(out / "train.log", echo=echo_log) as log:
         history = run_training(solver, source, schedule, log, progress=progress)
     model = out / f"digits_iter_{solver.iter}.caffemodel"
+    if not model.exists():  # nothing trained (max_iter 0): Caffe's Solve still snapshots at the end
+        history.snapshots.append(solver.snapshot(str(out / "digits"))[1])
     history.save_json(out / "history.json")
     plot_curves(history.iterations, history.losses, history.rates, out / "curves.png", title="RLL on digits")
     from rll_repro.fileio import atomic_save_npy
@@ -180,8 +188,15 @@ def run(out_dir, *, max_iter: int | None = None, seed: int = SEED, echo_log: boo
     }
     from rll_repro.fileio import atomic_write_text
 
-    atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
+    atomic_write_text(out / "results.json", json.dumps(results_file(results), indent=2) + "\n")
     return results
+
+
+def results_file(results: dict) -> dict:
+    """results.json: our Recall@K at the top level (percent, what ``rll-repro diff`` compares: against
+    another run's results.json), everything else under ``_meta`` (which diff ignores)."""
+    meta = {"units": "percent", **{k: v for k, v in results.items() if k != "recall"}}
+    return {**results["recall"], "_meta": meta}
 
 
 def report(results: dict) -> str:
@@ -190,8 +205,9 @@ def report(results: dict) -> str:
     lines = [f"{'':14}{'ours':>10}{'real Caffe':>12}"]
     for k in ref:
         lines.append(f"{'Recall' + k[1:]:14}{results['recall'][k]:>10.2f}{ref[k]:>12.2f}")
-    lines.append(f"{'loss first':14}{results['loss_first']:>10.4f}{REFERENCE['loss_first']:>12.4f}")
-    lines.append(f"{'loss last':14}{results['loss_last']:>10.2g}{REFERENCE['loss_last']:>12.2g}")
+    first, last = results["loss_first"], results["loss_last"]  # None when nothing was trained
+    lines.append(f"{'loss first':14}{'-' if first is None else f'{first:.4f}':>10}{REFERENCE['loss_first']:>12.4f}")
+    lines.append(f"{'loss last':14}{'-' if last is None else f'{last:.2g}':>10}{REFERENCE['loss_last']:>12.2g}")
     lines.append("(real Caffe: " + REFERENCE["source"].split(" and ")[0] + "; different random init and "
                  "batches, so agreement is statistical)")
     return "\n".join(lines)
