@@ -39,10 +39,25 @@ def _fake_mode_active() -> bool:
         return False
 
 
+_process_default: torch.device | None = None
+_fast = False
+
+
+def set_default_device(device) -> torch.device | None:
+    """Make ``device`` what ``device=None`` means in this process (the CLI's ``--device``: every net,
+    solver and evaluation the verb builds then uses it); None restores the automatic choice."""
+    global _process_default
+    _process_default = resolve_device(device) if device is not None else None
+    return _process_default
+
+
 def resolve_device(device=None) -> torch.device:
-    """The torch.device for ``device`` (None: cuda when available, else cpu); a cuda device that this
-    machine lacks is a one-line DeviceError (unless fake tensors stand in for it)."""
+    """The torch.device for ``device`` (None: the process default set by ``--device``, else cuda
+    when available, else cpu); a cuda device that this machine lacks is a one-line DeviceError
+    (unless fake tensors stand in for it)."""
     if device is None:
+        if _process_default is not None:
+            return _process_default
         return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     try:
         dev = torch.device(device)
@@ -59,7 +74,7 @@ def resolve_device(device=None) -> torch.device:
 def solver_device(solver_param, device=None) -> torch.device:
     """Caffe's ``solver_mode``/``device_id`` when no device is given: GPU -> cuda:<device_id> if a GPU
     is there (else the default), CPU -> cpu."""
-    if device is not None:
+    if device is not None or _process_default is not None:
         return resolve_device(device)
     if solver_param is not None and solver_param.HasField("solver_mode"):
         if int(solver_param.solver_mode) == 0:  # CPU
@@ -75,6 +90,8 @@ def set_numerics(fast: bool = False) -> dict:
     Exact: TF32 off in cuDNN and cuBLAS, deterministic algorithms (warn-only, so that an op without a
     deterministic kernel still runs and says so), cudnn.benchmark off, and the cuBLAS workspace config
     that deterministic cuBLAS needs. Fast: TF32 on, cudnn.benchmark on, nondeterminism allowed."""
+    global _fast
+    _fast = bool(fast)
     if not fast:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.backends.cudnn.allow_tf32 = bool(fast)
@@ -89,6 +106,11 @@ def set_numerics(fast: bool = False) -> dict:
         "cudnn.benchmark": torch.backends.cudnn.benchmark,
         "deterministic": not fast,
     }
+
+
+def fast_mode() -> bool:
+    """Whether :func:`set_numerics` chose the fast mode (nets built on a GPU then use channels_last)."""
+    return _fast
 
 
 def host_reads_allowed(t: torch.Tensor) -> bool:

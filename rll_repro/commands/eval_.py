@@ -32,6 +32,8 @@ PREPROCESS = {"sop": "rll", "inshop": "rll", "market": "market", "cub": "osm", "
 
 
 def add_arguments(parser) -> None:
+    from rll_repro.commands.device_options import add_device_arguments
+
     parser.add_argument("net", help="deploy/test NET.prototxt")
     parser.add_argument("weights", help="trained WEIGHTS.caffemodel")
     parser.add_argument("--list", required=True, help="test list .mat")
@@ -52,6 +54,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--block-rows", type=int, default=2048, help="rows per similarity block (memory)")
     parser.add_argument("--save-features", help="also write the raw features (.npy, .npz or .h5)")
     parser.add_argument("--out", required=True, help="RESULTS.json to write")
+    add_device_arguments(parser)
 
 
 def feature_blobs(args) -> list[str]:
@@ -102,7 +105,9 @@ def run(args) -> int:
     if args.batch_size < 1:
         raise DataError(f"--batch-size must be >= 1, got {args.batch_size}")
     blobs = feature_blobs(args)
-    net = Net(args.net, weights=args.weights, phase="test")
+    from rll_repro.commands.device_options import device_from_args
+
+    net = Net(args.net, weights=args.weights, phase="test", device=device_from_args(args))
     meta = {"net": str(args.net), "weights": str(args.weights), "list": str(args.list), "blobs": blobs}
 
     if args.protocol in ("sop", "cub", "cars", "inshop"):

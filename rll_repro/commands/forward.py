@@ -30,6 +30,9 @@ examples:
 
 
 def add_arguments(parser) -> None:
+    from rll_repro.commands.device_options import add_device_arguments
+
+    add_device_arguments(parser, fast=False)
     parser.add_argument("net", help="net prototxt")
     parser.add_argument("--weights", help="caffemodel to copy weights from (by layer name)")
     parser.add_argument("--inputs", required=True, help=".npz with one array per input blob")
@@ -74,7 +77,10 @@ def run(args) -> int:
     from rll_repro.fileio import atomic_write_bytes, read_npz
     from rll_repro.net import Net
 
-    net = Net(args.net, weights=args.weights, phase=args.phase, seed=args.seed, dialect=args.dialect)
+    from rll_repro.commands.device_options import device_from_args
+
+    net = Net(args.net, weights=args.weights, phase=args.phase, seed=args.seed, dialect=args.dialect,
+              device=device_from_args(args))
     archive = read_npz(args.inputs, "net inputs")
     inputs, top_diffs = {}, {}
     for key, array in archive.items():

@@ -63,6 +63,9 @@ def add_arguments(parser) -> None:
                         help="torch CPU threads (default 1, so that the numbers do not depend on the machine; "
                              "the count is recorded in the log and history.json)")
     parser.add_argument("--quiet", action="store_true", help="do not echo log lines to stderr")
+    from rll_repro.commands.device_options import add_device_arguments
+
+    add_device_arguments(parser)
 
 
 def _setting_of_solver(solver_path: str) -> str:
@@ -146,7 +149,10 @@ def run(args) -> int:
         raise DataError(f"--weights {args.weights}: file not found")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    solver = get_solver(args.solver)
+    from rll_repro.commands.device_options import device_from_args
+
+    device = device_from_args(args)  # numerics (--fast) always; the device itself only when given,
+    solver = get_solver(args.solver, device=device if args.device else None)  # else solver_mode decides
     source, defaults = _batch_source(args, solver)
     if args.weights:
         solver.net.copy_from(args.weights)

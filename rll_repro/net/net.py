@@ -9,7 +9,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from rll_repro.device import resolve_device
+from rll_repro.device import fast_mode, resolve_device
 from rll_repro.errors import NetError
 from rll_repro.layers.base import BuildContext, Dialect
 from rll_repro.limits import check_allocation
@@ -149,6 +149,8 @@ class Net(Engine, PycaffeFacade, WeightsIO, nn.Module):
         self._forward_loss = torch.zeros((), dtype=torch.float64, device=self.device)
         if weights is not None:
             self.copy_from(weights)
+        if fast_mode() and self.device.type == "cuda":  # --fast: cuDNN's fast layout
+            self.set_memory_format(torch.channels_last)
 
     def clear_param_diffs(self) -> None:
         """Caffe's Net::ClearParamDiffs: every learnable blob's diff to zero."""

@@ -22,32 +22,39 @@ from rll_repro.errors import NetError
 
 
 class HostMirror:
-    """The host copy of one device tensor slot: ``stale`` = the device is newer, ``dirty`` = handed
-    out since the last run (may have been written)."""
+    """The host copy of one device tensor slot. ``stale``: the device ran since the last refresh.
+    ``shadow`` is the array as last synchronised, so that a write into an array handed out earlier
+    (pycaffe keeps handing out the same memory) is found and written back before the next run."""
 
-    __slots__ = ("array", "stale", "dirty")
+    __slots__ = ("array", "shadow", "stale")
 
     def __init__(self):
         self.array: np.ndarray | None = None
+        self.shadow: np.ndarray | None = None
         self.stale = True
-        self.dirty = False
 
     def get(self, tensor: torch.Tensor) -> np.ndarray:
         shape = tuple(tensor.shape)
         if self.array is None or self.array.shape != shape:
             self.array = np.empty(shape, dtype=np.float32)
+            self.shadow = None
             self.stale = True
         if self.stale:
             np.copyto(self.array, tensor.detach().to("cpu").numpy().reshape(shape))
+            self.shadow = self.array.copy()
             self.stale = False
-        self.dirty = True
         return self.array
 
-    def write_back(self, tensor: torch.Tensor) -> None:
-        if self.dirty and self.array is not None and tuple(tensor.shape) == self.array.shape:
+    def modified(self) -> bool:
+        """Written on the host since the last synchronisation."""
+        return self.array is not None and (self.shadow is None or not np.array_equal(self.array, self.shadow,
+                                                                                      equal_nan=True))
+
+    def write_back(self, tensor: torch.Tensor | None) -> None:
+        if tensor is not None and self.modified() and tuple(tensor.shape) == self.array.shape:
             with torch.no_grad():
                 tensor.copy_(torch.from_numpy(self.array).to(tensor.device).reshape(tensor.shape))
-        self.dirty = False
+            self.shadow = self.array.copy()
         self.stale = True
 
 
@@ -190,20 +197,18 @@ class PycaffeFacade:
         return mirror.get(tensor)
 
     def sync_host_to_device(self) -> None:
-        """Caffe's to_gpu before a run: host arrays handed out since the last run go back to the
-        device (input blob data, params and their diffs, diffs set by hand); every host array is
+        """Caffe's to_gpu before a run: host arrays written since the last synchronisation go back to
+        the device (input blob data, params and their diffs, diffs set by hand); every host array is
         then stale until its next access."""
         if not self._mirrored():
             return
         for (name, which), mirror in self._mirrors.items():
-            if mirror.dirty and which == "data" and name in self.inputs:
-                mirror.write_back(self._blob_data(name))
-            elif mirror.dirty and which == "diff" and name in self._diff:
-                mirror.write_back(self._diff[name])
-            mirror.dirty, mirror.stale = False, True
+            if which == "data":
+                mirror.write_back(self._blob_data(name) if name in self.inputs else None)
+            else:
+                mirror.write_back(self._diff.get(name))
         for pb in self._touched_params:
             pb.write_back()
-        self._touched_params.clear()
 
     def _set_blob_shape(self, name: str, shape: tuple[int, ...]) -> None:
         if name not in self._blob_shapes:
@@ -221,7 +226,7 @@ class PycaffeFacade:
         for name in self.outputs:
             if self._mirrored():
                 mirror = self._mirrors.get((name, "diff"))
-                if mirror is not None and mirror.dirty and mirror.array is not None:
+                if mirror is not None and mirror.modified():
                     out[name] = torch.from_numpy(mirror.array.copy()).to(self.device)
             elif name in self._diff:
                 out[name] = self._diff[name]
