@@ -1,14 +1,15 @@
 """Speed of the generic net builder vs a plain PyTorch module of the same architecture.
 
 The BN-Inception SOP train net (../shared/reference/rll/original/SOP_Simp_25042020/150_T10_pn04_v50/
-train.prototxt, read in place) runs forward+backward at 227 px. The "plain" module is straight-line
-PyTorch code generated from the same prototxt the way one would write it by hand: nn.Conv2d-style
-nn.Conv2d, BatchNorm+Scale fused into one nn.BatchNorm2d with affine weights, in-place ReLU, ceil-mode
-pooling, torch.cat, nn.Linear, L2 normalisation; its loss is a plain squared-hinge contrastive loss on
-the three embeddings (the port runs the RLL loss layers; at batch 32 the loss is < 1% of the time).
-A second plain module keeps Caffe's arithmetic (normalise, then x·γ, then + β, as separate roundings):
-the fused BatchNorm is faster but not bit-compatible, so the builder's own overhead is the difference
-to that one.
+train.prototxt, read in place) runs forward+backward at 227 px. The "plain" module is the standalone
+PyTorch source that ``rll-repro export`` generates from the same net (rll_repro.export.pysource: one
+nn.Conv2d / nn.MaxPool2d / ... attribute per Caffe layer, in-place ReLU, ceil-mode pooling,
+torch.cat, nn.Linear, Caffe's L2 Normalization), cut at the three embeddings, with
+BatchNorm+Scale fused into one affine batch normalisation (``--fold-bn``); its loss is a plain
+squared-hinge contrastive loss on the three embeddings (the port runs the RLL loss layers; at batch
+32 the loss is < 1% of the time). A second plain module keeps Caffe's arithmetic (normalise, then
+x·γ, then + β, as separate roundings): the fused BatchNorm is faster but not bit-compatible, so the
+builder's own overhead is the difference to that one.
 
     .venv/bin/python bench/bench_net.py [--batch 32] [--iters 3] [--threads 1]
 
@@ -27,7 +28,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -35,118 +35,25 @@ PROTOTXT = REPO.parent / "shared/reference/rll/original/SOP_Simp_25042020/150_T1
 DEPLOY = REPO.parent / "shared/reference/rll/original/SOP_Simp_25042020/deploy_prototxts/test_concat_d64.prototxt"
 
 
-def plain_source(net_param, fused_bn: bool = True) -> str:
-    """Python source of a straight-line nn.Module for a BN-Inception-style train prototxt.
+def build_plain(net, fused_bn: bool = True):
+    """The plain module: rll_repro.export's standalone PyTorch source for ``net`` (the one generator
+    behind ``rll-repro export OUT.py``), written up to the three embeddings the RLL loss layers read.
 
-    ``fused_bn``: BatchNorm+Scale as one nn.BatchNorm2d with affine weights (what one writes by hand;
-    it rounds differently from Caffe), else Caffe's arithmetic: normalise, then x·γ, then + β."""
-    from rll_repro.net import filter_layers
+    ``fused_bn``: each BatchNorm+Scale as one affine batch normalisation (``--fold-bn``, what one
+    writes by hand; it rounds differently from Caffe), else Caffe's arithmetic: normalise, then x·γ,
+    then + β. In the TRAIN phase its BatchNorms use the batch statistics, as the net's do."""
+    from rll_repro.export.pysource import generate, instantiate
 
-    layers = filter_layers(net_param, 0, 0, [])
-    init, body = [], []
-    var = {}  # blob name -> python variable
-
-    def v(name):
-        return var[name]
-
-    counter = [0]
-
-    def new(name):
-        counter[0] += 1
-        var[name] = f"x{counter[0]}"
-        return var[name]
-
-    inputs = list(net_param.input) or [t for lp in layers if lp.type == "Input" for t in lp.top]
-    for name in inputs:
-        var[name] = name.replace("/", "_")
-    pending_bn = {}
-    embeddings = []
-    i = 0
-    while i < len(layers):
-        lp = layers[i]
-        t, b = lp.type, list(lp.bottom)
-        attr = f"p{i}"
-        if t == "Input":
-            pass
-        elif t == "Convolution":
-            p = lp.convolution_param
-            k = p.kernel_size[0] if len(p.kernel_size) else p.kernel_h
-            s = p.stride[0] if len(p.stride) else 1
-            pad = p.pad[0] if len(p.pad) else 0
-            init.append(f"self.{attr} = nn.Conv2d({{c[{b[0]!r}]}}, {p.num_output}, {k}, {s}, {pad}, bias={bool(p.bias_term)})")
-            body.append(f"{new(lp.top[0])} = self.{attr}({v(b[0])})")
-        elif t == "BatchNorm":
-            nxt = layers[i + 1]
-            assert nxt.type == "Scale" and nxt.bottom[0] == lp.top[0]
-            src = v(b[0])
-            if fused_bn:
-                init.append(f"self.{attr} = nn.BatchNorm2d({{c[{b[0]!r}]}}, eps={lp.batch_norm_param.eps}, momentum=0.001)")
-                body.append(f"{new(nxt.top[0])} = self.{attr}({src}) if {src}.dim() == 4 else self.{attr}({src}[:, :, None, None]).flatten(1)")
-            else:
-                init.append(f"self.{attr} = nn.BatchNorm2d({{c[{b[0]!r}]}}, eps={lp.batch_norm_param.eps}, momentum=0.001, affine=False)")
-                init.append(f"self.{attr}g = nn.Parameter(torch.ones({{c[{b[0]!r}]}}))")
-                init.append(f"self.{attr}b = nn.Parameter(torch.zeros({{c[{b[0]!r}]}}))")
-                body.append(f"s = {src}.dim() == 4")
-                body.append(f"{new(nxt.top[0])} = self.{attr}({src} if s else {src}[:, :, None, None])")
-                tgt = v(nxt.top[0])
-                body.append(f"{tgt} = ({tgt} * self.{attr}g[:, None, None]).add_(self.{attr}b[:, None, None])")
-                body.append(f"{tgt} = {tgt} if s else {tgt}.flatten(1)")
-            i += 2
-            continue
-        elif t == "ReLU":
-            src = v(b[0])
-            body.append(f"{new(lp.top[0])} = F.relu({src}, inplace=True)")
-        elif t == "Pooling":
-            p = lp.pooling_param
-            fn = "F.max_pool2d" if p.pool == 0 else "F.avg_pool2d"
-            extra = "ceil_mode=True" if p.pool == 0 else "ceil_mode=True, count_include_pad=True"
-            body.append(f"{new(lp.top[0])} = {fn}({v(b[0])}, {p.kernel_size}, {p.stride}, {p.pad}, {extra})")
-        elif t == "Concat":
-            body.append(f"{new(lp.top[0])} = torch.cat([{', '.join(v(x) for x in b)}], 1)")
-        elif t == "InnerProduct":
-            p = lp.inner_product_param
-            init.append(f"self.{attr} = nn.Linear({{k[{b[0]!r}]}}, {p.num_output}, bias={bool(p.bias_term)})")
-            body.append(f"{new(lp.top[0])} = self.{attr}({v(b[0])}.flatten(1))")
-        elif t == "Dropout":
-            var[lp.top[0]] = v(b[0])
-        elif t == "Reshape":
-            var[lp.top[0]] = v(b[0])
-        elif t == "Normalization":
-            src = v(b[0])
-            body.append(f"{new(lp.top[0])} = {src} / {src}.pow(2).sum(1, keepdim=True).sqrt()")
-        elif t.startswith("DistanceWeighted"):
-            embeddings.append(v(b[0]))
-        else:
-            raise ValueError(f"plain generator does not know {t}")
-        i += 1
-    src = ["class Plain(nn.Module):", "    def __init__(self):", "        super().__init__()"]
-    src += ["        " + line for line in init]
-    src += [f"    def forward(self, {', '.join(var[n] for n in inputs)}):"]
-    src += ["        " + line for line in body]
-    src += [f"        return [{', '.join(embeddings)}]"]
-    return "\n".join(src)
-
-
-def build_plain(net, net_param, fused_bn: bool = True):
-    shapes = net.blob_shapes
-    chans = {n: s[1] for n, s in shapes.items() if len(s) > 1}
-    ks = {n: int(np.prod(s[1:])) for n, s in shapes.items()}
-    code = plain_source(net_param, fused_bn)
-    code = code.replace("{c[", "{chans[").replace("{k[", "{ks[")
-    filled = []
-    for line in code.splitlines():
-        if "{chans[" in line or "{ks[" in line:
-            line = eval("f" + repr(line), {"chans": chans, "ks": ks})
-        filled.append(line)
-    scope = {"nn": nn, "F": F, "torch": torch}
-    exec("\n".join(filled), scope)
-    return scope["Plain"]()
+    embeddings = [net.bottom_names[name][0] for name, lp in zip(net.layer_names, net.layer_params)
+                  if lp.type.startswith("DistanceWeighted")]
+    return instantiate(generate(net, outputs=embeddings, fold_bn=fused_bn)).train()
 
 
 def plain_loss(embeddings, labels):
     total = 0.0
     same = labels[:, None] == labels[None, :]
     for e in embeddings:
+        e = e.flatten(1)
         d = torch.cdist(e, e)
         total = total + torch.where(same, d.pow(2), F.relu(1.2 - d).pow(2)).sum() / 2
     return total
@@ -209,7 +116,7 @@ def main(argv=None):
         net.clear_param_diffs()
         net.forward_backward()
 
-    plain = build_plain(net, net_param)
+    plain = build_plain(net)
     x = torch.from_numpy(data)
     y = torch.from_numpy(label.ravel())
 
@@ -225,7 +132,7 @@ def main(argv=None):
     net_cl.set_memory_format(torch.channels_last)
     net_cl.blobs["data"].data[...] = data
     net_cl.blobs["label"].data[...] = label
-    plain_cl = build_plain(net, net_param).to(memory_format=torch.channels_last)
+    plain_cl = build_plain(net).to(memory_format=torch.channels_last)
     x_cl = x.contiguous(memory_format=torch.channels_last)
 
     def keep(flag):
@@ -238,7 +145,7 @@ def main(argv=None):
         net_cl.clear_param_diffs()
         net_cl.forward_backward()
 
-    plain_caffe = build_plain(net, net_param, fused_bn=False)
+    plain_caffe = build_plain(net, fused_bn=False)
     rows = interleaved(
         [
             ("plain PyTorch module", run_plain, nothing),
