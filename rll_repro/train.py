@@ -22,7 +22,7 @@ BLAS are recorded (:func:`run_environment`) in the log header and in history.jso
 
 History: with ``history_path`` the run's history.json holds the WHOLE run: a resumed run starts
 from the history of the run that wrote the snapshot (the iterations before it), and the file is
-rewritten at every snapshot, so a kill loses at most what the next resume redoes anyway.
+rewritten before and after every snapshot, so a kill loses at most what the next resume redoes.
 """
 from __future__ import annotations
 
@@ -119,10 +119,11 @@ class History:
     rates: list[float] = field(default_factory=list)
     snapshots: list[str] = field(default_factory=list)
     segments: list[dict] = field(default_factory=list)
+    snapshot_prefix: str | None = None  # file name stem of the run's snapshots (``digits``)
 
     def to_json(self) -> dict:
         return {"iteration": self.iterations, "loss": self.losses, "lr": self.rates,
-                "snapshots": self.snapshots, "segments": self.segments}
+                "snapshots": self.snapshots, "segments": self.segments, "snapshot_prefix": self.snapshot_prefix}
 
     def save_json(self, path) -> None:
         from rll_repro.fileio import atomic_write_text
@@ -140,7 +141,8 @@ class History:
                 return None
             return cls([int(i) for i in its], [float(v) for v in losses], [float(v) for v in rates],
                        [str(x) for x in data.get("snapshots", [])],
-                       [dict(x) for x in data.get("segments", []) if isinstance(x, dict)])
+                       [dict(x) for x in data.get("segments", []) if isinstance(x, dict)],
+                       data.get("snapshot_prefix") if isinstance(data.get("snapshot_prefix"), str) else None)
         except (OSError, ValueError, TypeError, KeyError, AttributeError):
             return None
 
@@ -153,7 +155,8 @@ class History:
                 segments.append({**seg, "end": min(int(seg.get("end", iteration)), iteration)})
         return History([self.iterations[i] for i in keep], [self.losses[i] for i in keep],
                        [self.rates[i] for i in keep],
-                       [s for s in self.snapshots if (_snapshot_iteration(s) or 0) <= iteration], segments)
+                       [s for s in self.snapshots if (_snapshot_iteration(s) or 0) <= iteration], segments,
+                       self.snapshot_prefix)
 
 
 def _snapshot_iteration(path) -> int | None:
@@ -164,7 +167,7 @@ def _snapshot_iteration(path) -> int | None:
 def prior_history(snapshot, history_path=None) -> History | None:
     """The history of the run that wrote ``snapshot``, cut at its iteration: ``history_path`` (the
     run folder's history.json) or the history.json beside the snapshot or one folder up, the first
-    that lists this snapshot or (in the snapshot's own run folder) one of the same name stem."""
+    that lists this snapshot or, in the snapshot's own run folder, snapshots of its name stem."""
     snapshot = Path(snapshot)
     iteration = _snapshot_iteration(snapshot)
     if iteration is None:
@@ -180,8 +183,8 @@ def prior_history(snapshot, history_path=None) -> History | None:
         if history is None:
             continue
         names = {Path(s).name for s in history.snapshots}
-        same_run = snapshot.name in names or (
-            Path(path).parent.resolve() in own and any(n.rsplit("_iter_", 1)[0] == stem for n in names))
+        stems = {n.rsplit("_iter_", 1)[0] for n in names} | {history.snapshot_prefix}
+        same_run = snapshot.name in names or (Path(path).parent.resolve() in own and stem in stems)
         if same_run:
             return history.before(iteration)
     return None
@@ -258,7 +261,7 @@ def run_training(solver, source: BatchSource | None, schedule: Schedule, log=Non
                  resumed_from=None) -> History:
     """Drive ``solver`` to ``schedule.max_iter`` (from ``solver.iter``, so a restored solver resumes).
 
-    ``history_path``: history.json of the whole run, saved after every snapshot and at the end; a
+    ``history_path``: history.json of the whole run, saved around every snapshot and at the end; a
     run resumed from ``resumed_from`` (the restored solverstate) starts from the history of the
     run that wrote it (:func:`prior_history`). Returns the whole run's history (without
     ``history_path``: this start's iterations only). ``on_snapshot(history)`` runs after each
@@ -277,6 +280,7 @@ def run_training(solver, source: BatchSource | None, schedule: Schedule, log=Non
     segment = {"start": start, "end": start, "log": log.run_path.name if getattr(log, "run_path", None) else None,
                "environment": environment}
     history.segments.append(segment)
+    history.snapshot_prefix = Path(schedule.snapshot_prefix).name
     if log is not None:
         log.environment(environment)
         _log_prior_history(log, history, start, resumed_from)
@@ -310,6 +314,7 @@ def run_training(solver, source: BatchSource | None, schedule: Schedule, log=Non
                     log.train_outputs(solver.net)
                     log.iteration_lr(it, rate)
                 if schedule.saves_at(solver.iter):
+                    save()  # before the snapshot too: a kill while writing it leaves a history covering it
                     history.snapshots.append(solver.snapshot(schedule.snapshot_prefix)[1])
                     save()
                     if on_snapshot is not None:
@@ -330,6 +335,7 @@ def run_training(solver, source: BatchSource | None, schedule: Schedule, log=Non
     if getattr(solver, "test_nets", None) and test_interval and done % test_interval == 0 and done > start:
         solver.test_all()  # Caffe's Solve() tests once more after the last iteration
     if schedule.snapshot_at_end and done > start and not schedule.saves_at(done):
+        save()
         history.snapshots.append(solver.snapshot(schedule.snapshot_prefix)[1])
     save()
     if log is not None:

@@ -18,8 +18,8 @@ with ``caffe.INFO`` pointing at the latest): ``GlogWriter("run/train.log")`` wri
 ``run/train.log.<yyyymmdd-hhmmss>.<pid>`` and makes ``run/train.log`` a symlink to it (a plain
 copy, written alongside, where the file system has no symlinks). parse_log.py thus sees one
 monotone run per file: a rerun or a resume never appends iterations 0.. again to an old log. A
-``train.log`` left as a plain file by an older version is kept, renamed ``train.log.<its
-date>.appended``. Each file starts with glog's header lines (creation time, machine, line format).
+``train.log`` left as a plain file by an older version (appended runs, no glog header) is kept,
+renamed ``train.log.<its date>.appended``. Each file starts with glog's header lines (creation time, machine, line format).
 """
 from __future__ import annotations
 
@@ -166,6 +166,19 @@ def _glog_header(now: _dt.datetime | None = None) -> str:
             "Log line format: [IWEF]mmdd hh:mm:ss.uuuuuu threadid file:line] msg\n")
 
 
+def _is_run_copy(path: Path) -> bool:
+    """A plain ``train.log`` written as the copy of a per-run log (it starts with glog's header,
+    which the older appended logs never had)."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(len(_HEADER_START)) == _HEADER_START
+    except OSError:
+        return False
+
+
+_HEADER_START = b"Log file created at: "
+
+
 def _open_run_file(path: Path) -> tuple[IO, Path]:
     """A new ``<path>.<yyyymmdd-hhmmss>.<pid>`` (``.1``, ``.2``... if a run of this second exists)."""
     base = f"{path.name}.{_dt.datetime.now():{RUN_STAMP}}.{os.getpid()}"
@@ -182,7 +195,7 @@ def _point_at(link: Path, target: Path):
     """Make ``link`` a symlink to ``target`` (same folder), replacing an older link atomically; a
     plain file there (an older appended log) is kept under a per-run name. Where symlinks cannot be
     made, returns an open ``link`` to write a copy of the lines into."""
-    if link.is_file() and not link.is_symlink():
+    if link.is_file() and not link.is_symlink() and not _is_run_copy(link):
         stamp = _dt.datetime.fromtimestamp(link.stat().st_mtime)
         kept = link.with_name(f"{link.name}.{stamp:{RUN_STAMP}}.appended")
         if not kept.exists():
