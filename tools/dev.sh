@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The two commands of the README, for a fresh machine with nothing but Python 3.11:
-#   bash tools/dev.sh demo    set up .venv (idempotent) and run the shipped end-to-end demo
+#   bash tools/dev.sh demo    set up .venv (idempotent) and run the embedded demo (rll-repro reproduce demo;
+#                             extra args go to it, e.g. --all for every baseline loss)
 #   bash tools/dev.sh test    set up .venv (idempotent) and run the test suite (extra args go to pytest)
 # Set RLL_REPRO_VENV to use another virtual environment folder.
 set -euo pipefail
@@ -36,7 +37,7 @@ shift || true
 case "$cmd" in
     demo)
         setup
-        exec "$VENV/bin/rll-repro" reproduce digits "$@"
+        exec "$VENV/bin/rll-repro" reproduce demo "$@"
         ;;
     test)
         setup

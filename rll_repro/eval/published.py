@@ -23,14 +23,17 @@ from importlib import resources
 from rll_repro.errors import DataError
 
 SOURCES = ("rll", "osm_caa", "baselines")
+RECORDED = ("demo",)
+"""Numbers this repository records itself (not copies of ../shared): ``demo.json`` holds the
+embedded demo's expected table (``rll-repro reproduce demo``)."""
 _METRIC = re.compile(r"^(R@?\d+|NMI|F1|mAP)$")
 
 
 @functools.lru_cache(maxsize=None)
 def load(source: str) -> dict:
     """The raw JSON of one source file (``rll``, ``osm_caa`` or ``baselines``)."""
-    if source not in SOURCES:
-        raise DataError(f"unknown published source {source!r} (choose from {', '.join(SOURCES)})")
+    if source not in SOURCES + RECORDED:
+        raise DataError(f"unknown published source {source!r} (choose from {', '.join(SOURCES + RECORDED)})")
     text = resources.files("rll_repro.eval").joinpath("published", f"{source}.json").read_text("utf-8")
     return json.loads(text)
 
@@ -117,6 +120,6 @@ def keys(prefix: str = "") -> list[str]:
                 if isinstance(v, dict) and not k.startswith("_"):
                     walk(v, path + [k])
 
-    for source in SOURCES:
+    for source in SOURCES + RECORDED:
         walk(load(source), [source])
     return [k for k in found if k.startswith(prefix)]
