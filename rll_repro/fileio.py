@@ -192,7 +192,8 @@ def _npy_header(stream: BinaryIO, where: str):
     try:
         descr = meta["descr"]
         dtype = np.dtype(descr if isinstance(descr, str) else np.lib.format.descr_to_dtype(descr))
-    except (TypeError, ValueError, KeyError, IndexError, AttributeError, OverflowError, RecursionError):
+    except (TypeError, ValueError, SyntaxError, KeyError, IndexError, AttributeError, OverflowError,
+            RecursionError, MemoryError):  # numpy parses some dtype strings with ast itself
         raise FormatError(f"{where}: damaged .npy header (dtype {str(meta['descr'])[:80]} is not a NumPy dtype)") from None
     if dtype.hasobject:
         raise FormatError(f"{where}: holds Python objects (a pickle); only plain numeric arrays are read")

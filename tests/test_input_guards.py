@@ -79,6 +79,7 @@ def test_npy_header_claiming_terabytes_is_refused_before_allocating(tmp_path):
     ("{'descr': '|O', 'fortran_order': False, 'shape': (3,), }", "Python objects"),
     ("{'descr': '<f4', 'fortran_order': False, 'shape': (-3,), }", "negative"),
     ("{'descr': '<f4', 'fortran_order': 2, 'shape': (3,), }", "fortran_order"),
+    ("{'descr': 'f4,(', 'fortran_order': False, 'shape': (3,), }", "is not a NumPy dtype"),  # numpy: SyntaxError
 ])
 def test_damaged_npy_header_is_one_format_error(tmp_path, header, what):
     path = tmp_path / "bad.npy"
@@ -339,6 +340,21 @@ def test_prototxt_parse_error_does_not_echo_a_long_line(tmp_path, capsys):
     path.write_text('name: "x"\nlayer { name: ' + "a" * 8000 + " }\n")
     code, err = _cli(["inspect", str(path)], capsys)
     assert code == 2 and f"{path}:2:" in err and len(err) < 500
+
+
+@pytest.mark.parametrize("policy", ['lr_policy: "poly" power: -1e30', 'lr_policy: "exp" gamma: 1e30',
+                                    'lr_policy: "inv" gamma: -1 power: 0.5', 'lr_policy: "poly" power: -1'])
+def test_inspect_lr_schedule_of_overflowing_or_undefined_rates(tmp_path, capsys, policy):
+    """Caffe's float arithmetic gives inf or nan there; inspect shows that instead of an
+    OverflowError/ZeroDivisionError traceback or a complex number."""
+    path = tmp_path / "solver.prototxt"
+    path.write_text(f'net: "n.prototxt"\nbase_lr: 0.1\nmax_iter: 1000\n{policy}\n')
+    assert cli.main(["inspect", "--json", str(path)]) == 0
+    import json
+
+    rates = [rate for _, rate in json.loads(capsys.readouterr().out)["lr_schedule"]]
+    assert rates[0] == pytest.approx(0.1) or np.isinf(rates[0])
+    assert all(isinstance(r, float) for r in rates) and not all(np.isfinite(rates))
 
 
 def test_eval_features_errors_name_the_feature_file(tmp_path, capsys):

@@ -1,6 +1,8 @@
 """rll-repro inspect: what is in a Caffe file (any kind, auto-detected)."""
 from __future__ import annotations
 
+import math
+
 HELP = "show what a Caffe file holds: net layers and blob shapes, solver schedule, solverstate, mean"
 DESCRIPTION = """\
 Read any Caffe file and print a summary. The kind is detected from the content, not the name:
@@ -178,8 +180,6 @@ def lr_schedule(solver, points: int = 5) -> list[list]:
 
     Informational (float64 arithmetic, Caffe's SGDSolver::GetLearningRate formulas).
     """
-    import math
-
     base, policy, gamma, power = solver.base_lr, solver.lr_policy, solver.gamma, solver.power
     max_iter = solver.max_iter
     if policy == "fixed" or not policy:
@@ -198,7 +198,19 @@ def lr_schedule(solver, points: int = 5) -> list[list]:
     if policy not in formulas:
         return []
     iters = sorted({round(max_iter * k / (points - 1)) for k in range(points)}) if max_iter else [0]
-    return [[it, formulas[policy](it)] for it in iters]
+    return [[it, _rate(formulas[policy], it)] for it in iters]
+
+
+def _rate(formula, it: int) -> float:
+    """The formula's value, as C's float arithmetic gives it: inf on overflow, nan where the
+    formula is undefined (0 ** -p, a negative base to a fractional power)."""
+    try:
+        value = formula(it)
+    except OverflowError:
+        return math.inf
+    except (ZeroDivisionError, ValueError):
+        return math.nan
+    return math.nan if isinstance(value, complex) else float(value)
 
 
 def solver_report(solver) -> dict:
