@@ -213,14 +213,18 @@ def _read_npy_stream(stream: BinaryIO, where: str, total: int | None):
     if total is not None and nbytes > total - header_end:
         raise FormatError(f"{where}: truncated .npy data: shape {shape} {dtype} needs {nbytes} bytes, "
                           f"the file holds {max(total - header_end, 0)}")
-    data = _read_exact(stream, nbytes)
-    if len(data) < nbytes:
-        raise FormatError(f"{where}: truncated .npy data: shape {shape} {dtype} needs {nbytes} bytes, "
-                          f"the file holds {len(data)}")
-    array = np.frombuffer(data, dtype=dtype, count=count) if count else np.zeros(0, dtype=dtype)
+    array = np.empty(count, dtype=dtype)  # checked above: within the limit and the bytes stated
+    buffer = memoryview(array.view(np.uint8) if dtype.itemsize else np.zeros(0, np.uint8))
+    got = 0
+    while got < nbytes:
+        n = stream.readinto(buffer[got:got + (1 << 24)])
+        if not n:
+            raise FormatError(f"{where}: truncated .npy data: shape {shape} {dtype} needs {nbytes} bytes, "
+                              f"the file holds {got}")
+        got += n
     if fortran:
-        return array.reshape(shape[::-1]).transpose().copy(order="F")
-    return array.reshape(shape).copy()
+        return array.reshape(shape[::-1]).transpose()
+    return array.reshape(shape)
 
 
 def read_npy(path: str | os.PathLike, what: str = "an array") -> "np.ndarray":
