@@ -29,7 +29,7 @@ import torch
 
 F64 = torch.float64
 NEAR = 1e-6  # relative Gram d2 below which a pair is recomputed from its difference vector
-MIN_BLOCK = 128  # rows per block row, at least (the diagonal blocks are computed in both orders)
+MIN_BLOCK = 256  # rows per block row, at least (the diagonal blocks are computed in both orders)
 ROW_BLOCKS = 8  # block rows, at most
 
 
@@ -101,15 +101,21 @@ class PairBlocks:
             ni, nj = blk.near_i, blk.near_j
             gi, gj = ni + r0, nj + r0
             diff = self.f64[gi] - self.f64[gj]
-            m = a_row.to(F64, copy=True)
-            near.index_add_(0, gi, m[ni, nj, None] * diff)
-            m[ni, nj] = 0.0  # padding entries (0, 0) are the diagonal, whose coefficient is 0
+            m = a_row.to(F64)
+            m.diagonal().zero_()  # (i, i): no pair (its Gram-form term would be rounding noise)
+            c_row = m[ni, nj]
+            near.index_add_(0, gi, c_row[:, None] * diff)
+            m[ni, nj] = 0.0  # padding entries (0, 0) are the diagonal
             acc[r0:r1].addmm_(m, self._f1[r0:])
             if r1 < n:
-                m = a_col.to(F64, copy=True)
-                c = torch.where(nj >= k, m[ni, nj], 0.0)  # diagonal-block pairs are in a_row already
-                near.index_add_(0, gj, c[:, None] * diff.neg_())
-                m[ni, nj] = 0.0
+                if a_col is not a_row:
+                    m = a_col.to(F64)
+                    c_col = m[ni, nj]
+                    m[ni, nj] = 0.0
+                else:
+                    c_col = c_row
+                c_col = torch.where(nj >= k, c_col, 0.0)  # diagonal-block pairs are in a_row already
+                near.index_add_(0, gj, c_col[:, None] * diff.neg_())
                 acc[r1:].addmm_(m[:, k:].T, self._f1[r0:r1])
         return acc[:, dim:] * self.f64 - acc[:, :dim] + near
 

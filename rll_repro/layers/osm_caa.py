@@ -109,7 +109,7 @@ def osm_caa_value_and_grad(emb: torch.Tensor, labels: torch.Tensor, scores: torc
                 coef = torch.where(same, alpha, beta)
                 # w = 0.5 raw c / S in double, rounded to float (0.5 x / S == x / (2 S) exactly)
                 w = raw.to(F64).mul_(caa).div_(torch.where(same, twice_pos, twice_neg)).to(dt)
-                a = w.mul_(coef).masked_fill_(blk.d2 == 0, 0.0)  # f_i - f_j = 0: no contribution
+                a = w.mul_(coef)  # duplicates (d = 0) are recomputed pairs: f_i - f_j = 0, no contribution
                 yield a, a
 
         grad = pairs.apply(coefficients()).to(dt)

@@ -131,11 +131,12 @@ def _rll_value_and_grad(emb, labels, params: RLLParams, top_diff, era: str, need
             if need_grad:
                 t, w = _pair_terms(d, same, params, *bounds)
                 blk.diag(w).zero_()
-                wp = torch.where(same, w, 0.0)
-                all_sum[r0:r1] += w.sum(1, dtype=F64)
-                pos_sum[r0:r1] += wp.sum(1, dtype=F64)
-                all_sum[r1:] += w[:, k:].sum(0, dtype=F64)
-                pos_sum[r1:] += wp[:, k:].sum(0, dtype=F64)
+                w64 = w.to(F64)
+                wp64 = torch.where(same, w64, 0.0)
+                all_sum[r0:r1] += w64.sum(1)
+                pos_sum[r0:r1] += wp64.sum(1)
+                all_sum[r1:] += w64[:, k:].sum(0)
+                pos_sum[r1:] += wp64[:, k:].sum(0)
                 kept.append((d, same, w))
             if need_grad and value_bounds == bounds:
                 hinge = t.clamp_min(0.0)  # the value's thresholds are the weights' ones
@@ -158,7 +159,7 @@ def _rll_value_and_grad(emb, labels, params: RLLParams, top_diff, era: str, need
                     scale = d.to(F64, copy=True).add_(EPS_UNIT).reciprocal_().to(dt).mul_(lam)
                 else:  # raw difference; the hinge mask is w > 0 (same boundaries)
                     scale = lam
-                half_w = w.mul_(0.5).masked_fill_(blk.d2 == 0, 0.0)  # f_i - f_j = 0: no contribution
+                half_w = w.mul_(0.5)
                 a_row = _signed_shares(half_w, same, sp[r0:r1, None], sn[r0:r1, None], share[r0:r1, None])
                 a_col = _signed_shares(half_w, same, sp[None, r0:], sn[None, r0:], share[None, r0:])
                 yield a_row.mul_(scale), a_col.mul_(scale)
