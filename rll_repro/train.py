@@ -324,12 +324,13 @@ def run_training(solver, source: BatchSource | None, schedule: Schedule, log=Non
                 bar.update(1, postfix=f"loss {loss:.4g} lr {rate:.3g}")
                 if progress_every and (it % progress_every == 0 or last):
                     _report_progress(bar, log)
-            if log is not None:
-                log.echo_write = None
     except TrainingError as exc:
         if log is not None:
             log.info(str(exc), source="solver.cpp:214", level="E")
         raise
+    finally:
+        if log is not None:
+            log.echo_write = None
     done = solver.iter
     test_interval = int(solver.param.test_interval)
     if getattr(solver, "test_nets", None) and test_interval and done % test_interval == 0 and done > start:
