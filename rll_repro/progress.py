@@ -9,7 +9,8 @@
   (:meth:`Progress.rate`); before two updates the ETA is ``?``.
 - Off a terminal (stderr to a file or a pipe) nothing is drawn; :meth:`Progress.report` writes a
   plain line instead, which the training loop calls every ``display`` iterations, so a log of a
-  long run shows it advancing.
+  long run shows it advancing; other work (feature extraction, ...) reports itself every
+  ``line_every_s`` seconds (default 30).
 - ``enabled=False``: silent.
 """
 from __future__ import annotations
@@ -59,11 +60,12 @@ class Progress:
 
     ``initial``: the count already done (a resumed run's first iteration); ``clock`` (seconds,
     monotonic) is injectable for tests; ``window``: how many recent updates the rate (and so the
-    ETA) is measured over."""
+    ETA) is measured over; ``line_every_s``: off a terminal, a line at least this often (None:
+    only when :meth:`report` is called)."""
 
     def __init__(self, total: int | None, desc: str = "", stream=None, enabled: bool | None = None, *,
                  initial: int = 0, window: int = 50, clock: Callable[[], float] = time.monotonic,
-                 unit: str = "it"):
+                 unit: str = "it", line_every_s: float | None = 30.0):
         self.total, self.desc, self.count = total, desc, int(initial)
         self.stream = stream or sys.stderr
         tty = _isatty(self.stream)
@@ -71,6 +73,8 @@ class Progress:
         self.writes_lines = enabled is None and not tty
         self._clock = clock
         self.start = clock()
+        self.line_every_s = line_every_s
+        self._last_line = self.start
         self._marks: collections.deque[tuple[float, int]] = collections.deque(maxlen=max(int(window), 1) + 1)
         self._bar = None
         if self.draws:
@@ -107,7 +111,10 @@ class Progress:
     # ---------------------------------------------------------------------------- output
     def update(self, n: int = 1, postfix: str = "") -> None:
         self.count += n
-        self._marks.append((self._clock(), self.count))
+        now = self._clock()
+        self._marks.append((now, self.count))
+        if self.writes_lines and self.line_every_s is not None and now - self._last_line >= self.line_every_s:
+            self.report()
         if self._bar is not None:
             if postfix:
                 self._bar.set_postfix_str(postfix, refresh=False)
@@ -116,6 +123,7 @@ class Progress:
     def report(self, text: str | None = None) -> None:
         """Off a terminal: one line ``<desc>: <status>`` (or ``text``) on the stream."""
         if self.writes_lines:
+            self._last_line = self._clock()
             self.stream.write((text if text is not None else f"{self.desc}: {self.status()}") + "\n")
             self.stream.flush()
 

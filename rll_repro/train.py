@@ -296,7 +296,8 @@ def run_training(solver, source: BatchSource | None, schedule: Schedule, log=Non
     interval = 0 if int(solver.param.display) else max(int(schedule.output_interval or 0), 0)
     progress_every = int(solver.param.display) or interval
     try:
-        with Progress(max(schedule.max_iter, start), "train", enabled=progress, initial=start) as bar:
+        with Progress(max(schedule.max_iter, start), "train", enabled=progress, initial=start,
+                      line_every_s=None if progress_every else 30.0) as bar:
             if log is not None and log.echo and bar.draws:
                 log.echo_write = bar.write  # echoed lines above the bar, not through it
             while solver.iter < schedule.max_iter:

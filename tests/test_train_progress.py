@@ -71,6 +71,17 @@ def test_off_a_terminal_nothing_is_drawn_and_report_writes_plain_lines():
     assert silent.getvalue() == ""
 
 
+def test_other_long_work_off_a_terminal_reports_itself_every_30_seconds():
+    """Feature extraction and the like (no display cadence of their own)."""
+    clock, plain = FakeClock(), io.StringIO()
+    with Progress(100, "extract", stream=plain, clock=clock) as bar:
+        for _ in range(10):
+            clock.now += 10.0
+            bar.update(10)
+    assert [m.group(1) for m in PROGRESS.finditer(plain.getvalue())] == ["30", "60", "90"]
+    assert plain.getvalue().startswith("extract: 30/100 (30%), 00:30 elapsed, ETA 01:10")
+
+
 def test_reproduce_digits_with_stderr_to_a_file_shows_progress(tmp_path, capsys):
     """The issue: `reproduce` with stderr to a file printed its description, then nothing."""
     before = torch.get_num_threads()
