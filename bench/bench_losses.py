@@ -1,7 +1,14 @@
-"""Forward+backward time of the RLL loss: ours (Gram form) vs a literal per-pair implementation of
-the Caffe algorithm vs pytorch-metric-learning's RankedListLoss (if importable).
+"""Forward+backward time of the losses: RLL (ours, Gram form) vs a literal per-pair implementation of
+the Caffe algorithm vs pytorch-metric-learning's RankedListLoss (if importable); then every baseline
+loss of rll_repro.losses vs PML's version of it (``--baselines``: only that table, N = 180 and 1024,
+D = 512).
 
-    .venv/bin/python bench/bench_losses.py [--quick] [--loop-budget SECONDS] [--no-memory]
+    .venv/bin/python bench/bench_losses.py [--quick] [--loop-budget SECONDS] [--no-memory] [--baselines]
+
+Baselines table: ours with default parameters vs PML's closest setup (its loss plus the miner that
+the paper's sampling needs); "same formula" says whether the two compute the same value (see
+tests/test_loss_baselines.py), otherwise the cost of the nearest PML formula is shown. A PML run
+whose index tensors would exceed ``--pml-max-gb`` is not run (marked "too big").
 
 All runs use one thread (torch.set_num_threads(1)); ours and pml run interleaved, and each time is
 the best of several repeats (the machine is shared: the best run is the least disturbed one).
@@ -30,6 +37,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from rll_repro import losses as ours_losses  # noqa: E402
 from rll_repro.losses import RankedListLoss  # noqa: E402
 
 SIZES_N = (60, 150, 180, 512, 1024)
@@ -142,8 +150,13 @@ def main():
     ap.add_argument("--quick", action="store_true", help="N in {60, 180} only")
     ap.add_argument("--loop-budget", type=float, default=20.0, help="seconds allowed per literal-loop run")
     ap.add_argument("--no-memory", action="store_true")
+    ap.add_argument("--baselines", action="store_true", help="only the baseline-loss table")
+    ap.add_argument("--pml-max-gb", type=float, default=2.0, help="skip PML runs whose index tensors exceed this")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    if args.baselines:
+        bench_baselines(args.pml_max_gb, (180,) if args.quick else BASELINE_N)
+        return
     ours = RankedListLoss()
     pml = load_pml()
     sizes_n = (60, 180) if args.quick else SIZES_N
@@ -193,6 +206,72 @@ def main():
                   f"{t_pml / t_ours:8.2f} | {mb_ours:8.1f} {mb_pml:8.1f} {n * n * 8 / 2**20:9.1f}", flush=True)
     print("\n~ = extrapolated linearly in P = N(N-1)/2 from the largest measured loop run of that D.")
     print("pml/ours > 1: ours is faster. MB: peak extra memory of one forward+backward (allocator events).")
+    print()
+    bench_baselines(args.pml_max_gb, (180,) if args.quick else BASELINE_N)
+
+
+BASELINE_N, BASELINE_D = (180, 1024), 512
+
+
+def pml_baselines():
+    """{our class name: (PML callable (emb, labels) -> loss, same formula?, PML setup, bytes(n) of
+    PML's largest index tensors)} for the importable PML version; {} without PML."""
+    if load_pml() is None:
+        return {}
+    from pytorch_metric_learning import losses as pl
+    from pytorch_metric_learning import miners as pm
+
+    def with_miner(loss, miner):
+        return lambda x, y: loss(x, y, miner(x, y))
+
+    def pairs(n):  # ordered positive and negative pairs of a C x 3 batch, int64 indices
+        return (2 * n + n * (n - 3)) * 2 * 8
+
+    def triplets(n):  # all (a, p, n) triplets of a C x 3 batch, three int64 indices + distances
+        return 2 * n * (n - 3) * 5 * 8
+
+    return {
+        "ContrastiveLoss": (pl.ContrastiveLoss(), False, "ContrastiveLoss()", pairs),
+        "TripletLoss": (with_miner(pl.TripletMarginLoss(), pm.TripletMarginMiner(margin=0.05, type_of_triplets="semihard")),
+                        False, "TripletMarginLoss + TripletMarginMiner(semihard)", triplets),
+        "LiftedStructureLoss": (pl.LiftedStructureLoss(), True, "LiftedStructureLoss()",
+                                lambda n: 2 * n * n * (n - 3) * 5),  # (pos pairs) x (neg pairs) bool + float
+        "BinomialDevianceLoss": None,
+        "MarginLoss": (with_miner(pl.MarginLoss(), pm.DistanceWeightedMiner()), True,
+                       "MarginLoss + DistanceWeightedMiner", triplets),
+        "NCALoss": (pl.NCALoss(), False, "NCALoss() (-log p_i)", pairs),
+        "MultiSimilarityLoss": (with_miner(pl.MultiSimilarityLoss(), pm.MultiSimilarityMiner()), True,
+                                "MultiSimilarityLoss + MultiSimilarityMiner", pairs),
+    }
+
+
+def bench_baselines(pml_max_gb: float, sizes_n=BASELINE_N, d: int = BASELINE_D):
+    """Table: every baseline loss, ours vs PML, forward+backward, best of several interleaved runs."""
+    pml = pml_baselines()
+    print(f"Baseline losses, forward+backward, D={d}, C x 3 batches, 1 thread, best of the repeats"
+          f" (pml {'available' if pml else 'not importable'})")
+    header = f"{'loss':<21} {'N':>5} | {'ours ms':>9} | {'pml ms':>9} {'pml/ours':>8} | {'same formula':<12} | pml setup"
+    print(header)
+    print("-" * len(header))
+    for cls in ours_losses.BASELINE_LOSSES:
+        ours = cls(seed=0) if cls is ours_losses.MarginLoss else cls()
+        entry = pml.get(cls.__name__)
+        for n in sizes_n:
+            x, y = batch(n, d)
+            repeats = 10 if n <= 512 else 5
+            fns = [fwd_bwd(ours, x, y)]
+            note = "-" if entry is None else entry[2]
+            too_big = entry is not None and entry[3](n) > pml_max_gb * 2**30
+            if entry is not None and not too_big:
+                fns.append(fwd_bwd(entry[0], x, y))
+            times = timed(fns, repeats) + [float("nan")]
+            t_ours, t_pml = times[0], times[1]
+            same = "-" if entry is None else ("yes" if entry[1] else "no")
+            pml_txt = "-" if entry is None else "too big" if too_big else f"{t_pml * 1e3:9.2f}"
+            ratio = "" if entry is None or too_big else f"{t_pml / t_ours:8.2f}"
+            print(f"{cls.__name__:<21} {n:>5} | {t_ours * 1e3:9.2f} | {pml_txt:>9} {ratio:>8} | {same:<12} | {note}",
+                  flush=True)
+    print("pml/ours > 1: ours is faster. 'too big': PML's index tensors at this N exceed --pml-max-gb.")
 
 
 if __name__ == "__main__":

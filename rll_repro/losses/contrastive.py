@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from rll_repro.losses._metric import MetricLoss, PairBatch, check_choice, masked_mean
+from rll_repro.losses._metric import MetricLoss, PairBatch, check_choice, distance_loss
 
 __all__ = ["ContrastiveLoss"]
 
@@ -36,15 +36,23 @@ class ContrastiveLoss(MetricLoss):
         self.reduction = check_choice("ContrastiveLoss", "reduction", reduction, self.REDUCTIONS)
 
     def compute(self, batch: PairBatch) -> torch.Tensor:
-        d = batch.dist
-        pos_term = (d - self.pos_margin).clamp_min(0)
-        neg_term = (self.neg_margin - d).clamp_min(0)
-        if self.squared:
-            pos_term, neg_term = 0.5 * pos_term * pos_term, 0.5 * neg_term * neg_term
+        return distance_loss(batch.emb, False, lambda d: self.value_and_weights(d, batch))
+
+    def value_and_weights(self, d: torch.Tensor, batch: PairBatch):
+        """The value and W = dL/dd (hand-written: this loss is a few operations per pair)."""
+        # one hinge matrix: d - pos_margin on positive pairs, neg_margin - d elsewhere, 0 on the diagonal
+        hinge = torch.where(batch.pos, d - self.pos_margin, self.neg_margin - d).clamp_min_(0).masked_fill_(batch.eye, 0)
+        slope = hinge if self.squared else (hinge > 0).to(d.dtype)  # d(term)/d(hinge)
+        term = 0.5 * hinge * hinge if self.squared else hinge
         if self.reduction == "mean":
-            per_pair = torch.where(batch.pos, pos_term, torch.where(batch.neg, neg_term, torch.zeros_like(d)))
-            return per_pair.sum() / (batch.n * (batch.n - 1))
-        return masked_mean(pos_term, batch.pos & (pos_term > 0)) + masked_mean(neg_term, batch.neg & (neg_term > 0))
+            scale = 1.0 / (batch.n * (batch.n - 1))
+            return term.sum() * scale, torch.where(batch.pos, slope, -slope).mul_(scale)
+        active = hinge > 0
+        n_pos = (batch.pos & active).sum().clamp_min(1).to(d.dtype)
+        n_neg = (batch.neg & active).sum().clamp_min(1).to(d.dtype)
+        pos_term = torch.where(batch.pos, term, torch.zeros_like(term))
+        value = pos_term.sum() / n_pos + (term.sum() - pos_term.sum()) / n_neg
+        return value, torch.where(batch.pos, slope / n_pos, -slope / n_neg)
 
     def extra_repr(self) -> str:
         return (f"pos_margin={self.pos_margin:g}, neg_margin={self.neg_margin:g}, squared={self.squared}, "

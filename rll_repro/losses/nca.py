@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from rll_repro.losses._metric import MetricLoss, PairBatch, check_choice, masked_logsumexp, masked_mean
+from rll_repro.losses._metric import MetricLoss, PairBatch, check_choice, distance_loss
 
 __all__ = ["NCALoss"]
 
@@ -33,11 +33,27 @@ class NCALoss(MetricLoss):
         self.objective = check_choice("NCALoss", "objective", objective, self.OBJECTIVES)
 
     def compute(self, batch: PairBatch) -> torch.Tensor:
-        logits = -self.softmax_scale * batch.dist2
-        log_p = masked_logsumexp(logits, batch.pos) - masked_logsumexp(logits, ~batch.eye)  # log p_i
-        has_pos = batch.pos.any(1)
-        per_sample = -log_p if self.objective == "log" else 1 - torch.exp(log_p)
-        return masked_mean(per_sample, has_pos)
+        return distance_loss(batch.emb, True, lambda d2: self.value_and_weights(d2, batch))
+
+    def value_and_weights(self, d2: torch.Tensor, batch: PairBatch):
+        """The value and W = dL/d(d^2), hand-written. With z = -softmax_scale d^2, P = softmax_k(z_ik)
+        over k != i, M samples with a positive: probability: dL/dz_ik = -P_ik (pos_ik - p_i) / M;
+        log: dL/dz_ik = (P_ik - Q_ik) / M, Q = the softmax over i's positives only (log space)."""
+        z = (-self.softmax_scale * d2).masked_fill_(batch.eye, -float("inf"))  # k != i
+        has_pos = batch.pos.any(1, keepdim=True)
+        m = has_pos.sum().clamp_min(1).to(d2.dtype)
+        p_all = torch.softmax(z, 1)
+        if self.objective == "log":
+            z_pos = torch.where(batch.pos, z, torch.full_like(z, -float("inf")))
+            log_p = torch.logsumexp(z_pos, 1, keepdim=True) - torch.logsumexp(z, 1, keepdim=True)
+            q = torch.where(has_pos, torch.softmax(torch.where(has_pos, z_pos, z), 1), torch.zeros_like(z))
+            value = -torch.where(has_pos, log_p, torch.zeros_like(log_p)).sum() / m
+            dz = torch.where(has_pos, p_all - q, torch.zeros_like(z))
+        else:
+            p_i = torch.where(batch.pos, p_all, torch.zeros_like(p_all)).sum(1, keepdim=True)
+            value = torch.where(has_pos, 1 - p_i, torch.zeros_like(p_i)).sum() / m
+            dz = torch.where(has_pos, -p_all * (batch.pos.to(z.dtype) - p_i), torch.zeros_like(z))
+        return value, dz.mul_(-self.softmax_scale / m)
 
     def extra_repr(self) -> str:
         return f"softmax_scale={self.softmax_scale:g}, objective={self.objective!r}, normalize={self.normalize}"
