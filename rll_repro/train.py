@@ -13,9 +13,10 @@ bitwise identical to an unbroken run.
 Threads: on the CPU the float32 result of a training step depends on the number of torch threads.
 Measured (torch 2.14.1, MKL + oneDNN): the convolution weight gradient is a sum over the batch
 that oneDNN (and, with oneDNN off, the GEMMs of torch's own im2col path) splits across threads,
-so its rounding changes with the thread count (1 vs 2 threads: 1e-4 relative on the digits
-net's conv1 after one step; training is chaotic, so R@1 ends points apart). Forward passes,
-matmuls of these sizes and torch's own reductions measured thread-count independent. Training
+so its rounding changes with the thread count (1 vs 2 threads on the digits net: conv1's weight
+gradient 1.1e-6 relative apart at the first step, the weights 1e-6 apart after 300 steps; training
+can amplify such differences: issue 11 saw Recall@1 87.72 vs 86.38 on the digits demo). Forward
+passes, matmuls of these sizes and torch's own reductions measured thread-count independent. Training
 therefore runs with :data:`DEFAULT_THREADS` unless told otherwise (:func:`configure_threads`,
 ``--threads``), whatever the machine's core count or ``OMP_NUM_THREADS``; the count, torch and
 BLAS are recorded (:func:`run_environment`) in the log header and in history.json / results.json.
