@@ -457,7 +457,7 @@ class _Generator:
         lines += [f"    {attr!r}: {caffe!r}," for attr, caffe in self.attributes.items()]
         lines.append("}")
         for h in self.helpers:
-            lines += ["", HELPERS[h].strip("\n")]
+            lines += ["", "", HELPERS[h].strip("\n")]
         lines += ["", "", f"class {class_name}(nn.Module):", "    def __init__(self):", "        super().__init__()"]
         lines += ["        " + line for line in self.init] or ["        pass"]
         lines += ["", f"    def forward(self, {', '.join(self.var[n] for n in inputs)}):"]
