@@ -19,9 +19,9 @@ rounding error of 0 (d2 < 1e-6 (|f_i|^2 + |f_j|^2)) are recomputed from ``f_i - 
 Caffe does, so exact duplicates get d2 = 0 exactly, and their gradient terms use that difference too
 (the unit direction's 1/(d + 1e-6) would amplify the Gram form's cancellation error). The number of
 such pairs is data dependent; to stay free of host synchronisation (any device, ``meta``, fake
-tensors) each block row recomputes at most ``r1 - r0`` of them (a fixed-size ``nonzero_static``);
-pairs beyond that (a block of many duplicates) keep their float64 Gram value (absolute error
-~1e-16 |f|^2, with their gradient term in Gram form).
+tensors) each block row recomputes at most ``NEAR_PER_ROW_BLOCK`` of them (a fixed-size
+``nonzero_static``; a diagonal-block pair counts twice); pairs beyond that (a batch of many
+duplicates) keep their float64 Gram value (absolute error ~1e-16 |f|^2, gradient term in Gram form).
 """
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ F64 = torch.float64
 NEAR = 1e-6  # relative Gram d2 below which a pair is recomputed from its difference vector
 MIN_BLOCK = 256  # rows per block row, at least (the diagonal blocks are computed in both orders)
 ROW_BLOCKS = 8  # block rows, at most
+NEAR_PER_ROW_BLOCK = 64  # recomputed (near-duplicate) pairs per block row, at most
 
 
 def row_blocks(n: int) -> list[tuple[int, int]]:
@@ -42,11 +43,13 @@ def row_blocks(n: int) -> list[tuple[int, int]]:
 class BlockRow:
     """Pairs (i, j), i in r0:r1, j in r0:n (local index (i - r0, j - r0)); columns 0:k are the
     diagonal block (k = r1 - r0). ``d2``: (k, n - r0) squared distances in f's dtype; ``near_i``,
-    ``near_j``: local indices of the recomputed pairs (padding entries are (0, 0), the diagonal)."""
+    ``near_j``: local indices of the recomputed pairs (padding entries are (0, 0), the diagonal);
+    ``diff``: their f_i - f_j in float64."""
 
-    def __init__(self, r0: int, r1: int, d2: torch.Tensor, near_i: torch.Tensor, near_j: torch.Tensor):
+    def __init__(self, r0: int, r1: int, d2: torch.Tensor, near_i: torch.Tensor, near_j: torch.Tensor,
+                 diff: torch.Tensor):
         self.r0, self.r1, self.k = r0, r1, r1 - r0
-        self.d2, self.near_i, self.near_j = d2, near_i, near_j
+        self.d2, self.near_i, self.near_j, self.diff = d2, near_i, near_j, diff
 
     def diag(self, x: torch.Tensor) -> torch.Tensor:
         """The (i, i) entries of a block-row-shaped tensor (a view)."""
@@ -62,13 +65,11 @@ class PairBlocks:
     :class:`BlockRow` (``self.rows``)."""
 
     def __init__(self, f: torch.Tensor):
-        n = f.shape[0]
-        self.f, self.n = f, n
+        n, dim = f.shape
+        self.n = n
         f64 = f.to(F64)
         self.f64 = f64
-        ones = torch.ones(n, 1, dtype=F64, device=f.device)
-        self._f1 = torch.cat([f64, ones], 1)  # the last column gives the row sums in apply's product
-        sq = (f64 * f64).sum(1)
+        sq = torch.bmm(f64.view(n, 1, dim), f64.view(n, dim, 1)).view(n)  # |f_i|^2 without an N x D temporary
         near_scale = (sq * NEAR).to(f.dtype)
         self.rows = []
         for r0, r1 in row_blocks(n):
@@ -81,32 +82,36 @@ class PairBlocks:
             d2 = g.to(f.dtype)
             near = d2 < near_scale[r0:r1, None] + near_scale[None, r0:]
             near[:, :k].diagonal().zero_()
-            idx = torch.nonzero_static(near, size=k, fill_value=0)
+            idx = torch.nonzero_static(near, size=min(k, NEAR_PER_ROW_BLOCK), fill_value=0)
             ni, nj = idx[:, 0], idx[:, 1]
-            diff = f[ni + r0] - f[nj + r0]
-            d2.index_put_((ni, nj), (diff * diff).sum(1, dtype=F64).to(f.dtype))
-            self.rows.append(BlockRow(r0, r1, d2, ni, nj))
+            diff = f64[ni + r0] - f64[nj + r0]  # exact; rounded to f's dtype it is Caffe's f_i - f_j
+            d32 = diff.to(f.dtype)
+            d2.index_put_((ni, nj), (d32 * d32).sum(1, dtype=F64).to(f.dtype))
+            self.rows.append(BlockRow(r0, r1, d2, ni, nj, diff))
 
     def apply(self, coefficients) -> torch.Tensor:
         """g_i = sum_j a_ij (f_i - f_j) in float64, (N, D). ``coefficients`` yields, per block row,
         ``(a_row, a_col)`` of the block row's shape: ``a_row[i, j]`` = a_ij (row i's coefficient of
         the pair) and ``a_col[i, j]`` = a_ji (row j's; only its columns k: are read; pass the same
-        tensor twice when a is symmetric). Gram form (rowsum(a) f_i - a f) except for the recomputed
-        pairs, whose (large-coefficient) terms use the difference vector itself."""
+        tensor twice when a is symmetric); they may be overwritten. Gram form rowsum(a) f_i - a f,
+        except for the recomputed pairs, whose (large-coefficient) terms use the difference vector."""
         n, dim = self.f64.shape
-        acc = torch.zeros(n, dim + 1, dtype=F64, device=self.f64.device)
-        near = torch.zeros(n, dim, dtype=F64, device=self.f64.device)
+        f64 = self.f64
+        af = torch.empty(n, dim, dtype=F64, device=f64.device)  # sum_j a_ij f_j (minus the recomputed terms)
+        rowsum = torch.zeros(n, dtype=F64, device=f64.device)
         for blk, (a_row, a_col) in zip(self.rows, coefficients):
             r0, r1, k = blk.r0, blk.r1, blk.k
             ni, nj = blk.near_i, blk.near_j
-            gi, gj = ni + r0, nj + r0
-            diff = self.f64[gi] - self.f64[gj]
             m = a_row.to(F64)
             m.diagonal().zero_()  # (i, i): no pair (its Gram-form term would be rounding noise)
             c_row = m[ni, nj]
-            near.index_add_(0, gi, c_row[:, None] * diff)
             m[ni, nj] = 0.0  # padding entries (0, 0) are the diagonal
-            acc[r0:r1].addmm_(m, self._f1[r0:])
+            rowsum[r0:r1] += m.sum(1)
+            if r0 == 0:
+                torch.mm(m, f64, out=af[:r1])
+            else:
+                af[r0:r1].addmm_(m, f64[r0:])
+            af.index_add_(0, ni + r0, blk.diff * -c_row[:, None])  # g_i += c (f_i - f_j)
             if r1 < n:
                 if a_col is not a_row:
                     m = a_col.to(F64)
@@ -115,9 +120,13 @@ class PairBlocks:
                 else:
                     c_col = c_row
                 c_col = torch.where(nj >= k, c_col, 0.0)  # diagonal-block pairs are in a_row already
-                near.index_add_(0, gj, c_col[:, None] * diff.neg_())
-                acc[r1:].addmm_(m[:, k:].T, self._f1[r0:r1])
-        return acc[:, dim:] * self.f64 - acc[:, :dim] + near
+                rowsum[r1:] += m[:, k:].sum(0)
+                if r0 == 0:
+                    torch.mm(m[:, k:].T, f64[:r1], out=af[r1:])
+                else:
+                    af[r1:].addmm_(m[:, k:].T, f64[r0:r1])
+                af.index_add_(0, nj + r0, blk.diff * c_col[:, None])  # g_j += c (f_j - f_i)
+        return torch.mul(f64, rowsum[:, None]).sub_(af)
 
 
 def sum64(x: torch.Tensor, dim=None, keepdim: bool = False, init: float = 0.0) -> torch.Tensor:
