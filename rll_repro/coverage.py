@@ -89,7 +89,6 @@ def _candidates(keys: list[str]) -> dict[str, list[Line]]:
     """Every recipe line for each key, best standing first."""
     from rll_repro import recipes
     from rll_repro.eval import published
-
     from rll_repro.recipes import ablations
 
     out: dict[str, list[Line]] = {}
@@ -130,8 +129,8 @@ def _reason(key: str) -> str | None:
 
 
 def table() -> list[Line]:
-    """One line per published key of the papers' and baselines' files (``published.SOURCES``; not the
-numbers this repository records itself), in :func:`rll_repro.eval.published.keys` order."""
+    """One line per published key of the papers' and baselines' files (``published.SOURCES``, not
+    the numbers this repository records itself), in :func:`rll_repro.eval.published.keys` order."""
     from rll_repro.errors import RLLReproError
     from rll_repro.eval import published
 
