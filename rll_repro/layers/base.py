@@ -56,6 +56,7 @@ class BuildContext:
     dtype: torch.dtype = torch.float32
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # where the net runs
     runtime_generator: torch.Generator | None = None  # on ``device``: Dropout's masks (None: global RNG)
+    parallel: object | None = None  # rll_repro.net.parallel.DataParallel of a data-parallel TRAIN net
 
 
 class Layer(nn.Module):

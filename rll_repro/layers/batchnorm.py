@@ -49,6 +49,30 @@ class BatchNorm(Layer):
                 if spec.lr_mult != 0:
                     raise fail(param, f"param {i} has lr_mult {spec.lr_mult}: batch normalization statistics cannot be learned (this fork forces lr_mult 0)")
 
+    def _forward_over_ranks(self, x4):
+        """TRAIN statistics over the global batch of a data-parallel net: per-channel sums (float64)
+        all-reduced with autograd, so the gradient is the one-process gradient; the running blobs get
+        the global mean and bias-corrected variance, identical on every rank."""
+        par = self.ctx.parallel
+        dims = (0, 2, 3)
+        x64 = x4.to(torch.float64)
+        local = torch.stack([x64.sum(dims), torch.full((self.channels,), float(count(x4.shape) // self.channels),
+                                                       dtype=torch.float64, device=x4.device)])
+        sums = par.all_reduce_sum(local)
+        m = sums[1, 0]
+        mean = sums[0] / m
+        centred = x64 - mean.reshape(1, -1, 1, 1)
+        var = par.all_reduce_sum((centred * centred).sum(dims)) / m
+        y = (centred * torch.rsqrt(var + self.eps).reshape(1, -1, 1, 1)).to(x4.dtype)
+        with torch.no_grad():
+            lam = self.moving_average_fraction
+            correction = torch.where(m > 1, m / (m - 1), torch.ones_like(m))
+            mean_sum, var_sum, factor = self.blobs[0], self.blobs[1], self.blobs[2]
+            factor.mul_(lam).add_(1.0)
+            mean_sum.mul_(lam).add_(mean.detach().to(mean_sum.dtype))
+            var_sum.mul_(lam).add_((var.detach() * correction).to(var_sum.dtype))
+        return y
+
     def param_spec_overrides(self):
         if self.ctx.dialect.bn_blobs_learnable:
             return None
@@ -75,6 +99,8 @@ class BatchNorm(Layer):
                 var = var_sum.detach() * scale
             y = F.batch_norm(x4, mean, var, None, None, False, 0.0, self.eps)
             return (y.reshape(shape),)
+        if self.ctx.parallel is not None:
+            return (self._forward_over_ranks(x4).reshape(shape),)
         m = count(x4.shape) // self.channels
         if m > 1:
             batch_mean = torch.zeros(self.channels, dtype=x.dtype, device=x.device)

@@ -24,6 +24,7 @@ from typing import Mapping
 import torch
 
 from rll_repro.errors import DataError, NetError, RLLReproError
+from rll_repro.net.parallel import runs_gathered
 
 
 class Engine:
@@ -161,12 +162,18 @@ class Engine:
             if getattr(step.layer, "is_input", False):
                 continue
             xs = [data[b] if p else data[b].detach() for b, p in zip(step.bottoms, step.propagate)]
+            gathered = runs_gathered(step.layer) if self.parallel is not None else None
+            if gathered:  # a loss/Accuracy/L1-Normalization layer of a data-parallel net sees the global batch
+                xs = [self.parallel.gather(x, gathered) for x in xs]
             if step.inplace and xs[0]._base is None:  # never in place on a view (autograd rebases it)
                 outs = step.layer.forward_inplace(*xs)
             else:
                 outs = step.layer(*xs)
             if not isinstance(outs, (tuple, list)):
                 outs = (outs,)
+            if gathered:  # per-sample tops back to this rank's rows
+                outs = tuple(self.parallel.cut(t) if t.dim() >= 2 and t.shape[0] == self.parallel.batch else t
+                             for t in outs)
             if len(outs) != len(step.tops):
                 raise NetError(f"layer {step.layer.layer_name!r} returned {len(outs)} tops, expected {len(step.tops)}")
             for t_name, t, w in zip(step.tops, outs, step.loss_weights):

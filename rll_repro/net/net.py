@@ -14,6 +14,7 @@ from rll_repro.errors import NetError
 from rll_repro.layers.base import BuildContext, Dialect
 from rll_repro.limits import check_allocation
 from rll_repro.net.engine import Engine
+from rll_repro.net.parallel import data_parallel_for
 from rll_repro.net.params import clear_param_diffs, collect_params
 from rll_repro.net.plan import PHASES, TEST, TRAIN, build_plan, filter_layers, load_net_param, pick_dialect
 from rll_repro.net.pycaffe import Blob, ParamBlob, PycaffeFacade
@@ -98,8 +99,12 @@ class Net(Engine, PycaffeFacade, WeightsIO, nn.Module):
         self.dialect = pick_dialect(layer_params, dialect)
         self.force_backward = bool(net_param.force_backward)
         fillers, runtime = _generators(seed, self.device)
+        try:
+            self.parallel = data_parallel_for(phase, layer_params)
+        except NetError as exc:
+            raise NetError(f"{self.source or 'net'}: {exc}") from None
         self.ctx = BuildContext(phase=phase, dialect=self.dialect, generator=fillers,
-                                device=self.device, runtime_generator=runtime)
+                                device=self.device, runtime_generator=runtime, parallel=self.parallel)
         try:
             plan = build_plan(layer_params, self.ctx)
             for name, shape in plan.blob_shapes.items():  # before anything is allocated

@@ -249,6 +249,8 @@ class Solver(SnapshotMixin):
             self._check_batch_names(inputs)
         if hasattr(self.net, "backward_losses"):
             tensors = {n: _as_tensor(v, self.device) for n, v in (inputs or {}).items()}
+            if getattr(self.net, "parallel", None) is not None and tensors:
+                tensors = self.net.parallel.shard(tensors)  # this rank's rows of the global batch
             with torch.enable_grad():
                 self.net(**tensors)
                 self.net.backward_losses()
@@ -281,6 +283,8 @@ class Solver(SnapshotMixin):
                 loss = term if loss is None else loss + term
             if iter_size != 1:
                 loss = loss / float(f32(iter_size))
+            if getattr(self.net, "parallel", None) is not None:
+                self.net.parallel.reduce_gradients(self.learnable_params)  # = the one-process gradient
             self._pending_losses.append((start_iter, self.iter, loss.detach()))
             if self.check_finite:
                 self._watch_finite(loss)

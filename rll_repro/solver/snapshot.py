@@ -24,6 +24,7 @@ import torch
 
 from rll_repro.device import rng_state, set_rng_state
 from rll_repro.errors import FormatError, RLLReproError
+from rll_repro.net.parallel import is_main_process
 
 SIDE_SUFFIX = ".rllstate"
 SIDE_FORMAT = 2
@@ -89,6 +90,9 @@ class SnapshotMixin:
         prefix = os.fsdecode(prefix) if prefix is not None else self.snapshot_prefix()
         model = f"{prefix}_iter_{self.iter}.caffemodel"
         state_path = model + ".solverstate"
+        if not is_main_process():  # data-parallel: every rank holds the same state; rank 0 writes it
+            self.last_snapshot_iter = self.iter
+            return model, state_path
         atomic_write_bytes(state_path + SIDE_SUFFIX, self._side_state_bytes())
         self.save_model(model)
         state = caffe_pb2.SolverState()
