@@ -279,6 +279,9 @@ class _Names:
         return name
 
 
+_NO_RULE = "no export rule for this layer type"
+
+
 def _loss_like(type_: str) -> bool:
     """Loss and metric layers (SoftmaxWithLoss, the papers' ...PairLossV12/V5, Accuracy)."""
     return "Loss" in type_ or type_ == "Accuracy"
@@ -293,12 +296,15 @@ def _unexportable(lp, layer) -> str | None:
     if getattr(layer, "is_loss", False) or _loss_like(lp.type):
         return "a training-only loss layer"
     if lp.type not in _EMITTERS:
-        return "no export rule for this layer type"
+        return _NO_RULE
     return None
 
 
-def unexportable_error(name: str, type_: str, reason: str) -> NetError:
-    return NetError(f"layer {name!r} (type {type_}) cannot be exported: {reason}; {SUGGEST}")
+def unexportable_error(name: str, type_: str, reason: str, deploy_hint: bool = True) -> NetError:
+    """The one-line error for a layer that cannot be exported (suggesting the deploy net where the
+    layer is one that deploy nets leave out)."""
+    hint = SUGGEST if deploy_hint else f"exportable types: {', '.join(sorted(EXPORTABLE_TYPES))}"
+    return NetError(f"layer {name!r} (type {type_}) cannot be exported: {reason}; {hint}")
 
 
 def check_exportable_param(net_param, phase: str = "test") -> None:
@@ -349,7 +355,7 @@ def generate(net, outputs=None, fold_bn: bool = False) -> GeneratedModule:
             continue
         reason = _unexportable(lp, layer)
         if reason:
-            raise unexportable_error(name, lp.type, reason)
+            raise unexportable_error(name, lp.type, reason, deploy_hint=reason != _NO_RULE)
         gen.emit(i, name, lp, layer, bottoms[name], tops[name])
     returned = [gen.var[o] for o in outputs]
     source = gen.render("Net", inputs, outputs, returned, {n: shapes[n] for n in inputs})
@@ -479,7 +485,7 @@ def _conv(g, i, name, lp, layer, bottoms, tops, args):
         extra += f", groups={layer.group}"
     ctor = f"{cls}({cin}, {layer.num_output}, {k}, stride={s}, padding={p}{extra}, bias={layer.bias_term})"
     if len(bottoms) != 1:
-        raise unexportable_error(name, lp.type, "several bottoms sharing one convolution")
+        raise unexportable_error(name, lp.type, "several bottoms sharing one convolution", deploy_hint=False)
     attr = g.call(i, name, lp, ctor, bottoms, tops, args)
     g.put(attr, "weight", g.blob(i, 0))
     if layer.bias_term:
@@ -491,7 +497,7 @@ def _pool(g, i, name, lp, layer, bottoms, tops, args):
     kernel = tuple(shape[2:]) if layer.global_pooling else tuple(layer.kernel)
     stride, pad = tuple(layer.stride), tuple(layer.pad)
     if any(2 * p > k for p, k in zip(pad, kernel)):
-        raise unexportable_error(name, lp.type, f"pad {pad} larger than half the kernel {kernel}")
+        raise unexportable_error(name, lp.type, f"pad {pad} larger than half the kernel {kernel}", deploy_hint=False)
     ceil = bool(layer.ceil)
     if layer.method == 0:
         ctor = f"nn.MaxPool2d({kernel}, stride={stride}, padding={pad}, ceil_mode={ceil})"
