@@ -3,7 +3,9 @@
 Run: ``.venv/bin/python bench/bench_data.py [--images 200]``. Makes 256-px JPEG sources in a temp
 folder (256 x 256 and 256 x 341, i.e. short side 256), then times each stage single-threaded
 (``torch.set_num_threads(1)``, ``num_workers=0``) and prints images/s. Target: >= 100 images/s per
-core through decode + resize + crop for 256-px sources.
+core through decode + resize + crop for 256-px sources. Then the train loader at 0..N DataLoader
+workers (``--workers N``, default the machine's cores), pinned batches on, as a GPU run loads them:
+the rate a GPU step can be fed at.
 """
 from __future__ import annotations
 
@@ -50,6 +52,7 @@ def rate(fn, items) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=200)
+    parser.add_argument("--workers", type=int, default=None, help="largest worker count (default: cores)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     rows = []
@@ -72,9 +75,33 @@ def main() -> None:
             start = time.perf_counter()
             count = sum(int(data.shape[0]) for data, _ in train_loader)
             rows.append((label, "train loader (batches of 30)", count / (time.perf_counter() - start)))
+            if size == (256, 341):
+                workers_rows = worker_sweep(paths, ids, train, args)
     print(f"{'source':<9} {'stage':<30} {'images/s (1 thread)':>20}")
     for source, stage, value in rows:
         print(f"{source:<9} {stage:<30} {value:>20.1f}")
+    print()
+    print(f"{'DataLoader workers':<20} {'images/s (pinned)':>18}")
+    for workers, value in workers_rows:
+        print(f"{workers:<20} {value:>18.1f}")
+
+
+def worker_sweep(paths, ids, train, args):
+    """Train-loader images/s at 0, 1, 2, ... workers (batches of 30, pinned memory)."""
+    import os
+
+    most = args.workers if args.workers is not None else (os.cpu_count() or 1)
+    out = []
+    for workers in sorted({0, 1, *range(2, most + 1, 2), most}):
+        sampler = RLLBatchSampler(ids, classes_per_batch=10, images_per_class=3, seed=1,
+                                  num_iterations=max(args.images // 30, 2))
+        train_loader = loader.make_train_loader({"paths": paths, "class_ids": ids}, sampler, train,
+                                                num_workers=workers)
+        train_loader.pin_memory = torch.cuda.is_available()
+        start = time.perf_counter()
+        count = sum(int(data.shape[0]) for data, _ in train_loader)
+        out.append((workers, count / (time.perf_counter() - start)))
+    return out
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ def _fake_mode_active() -> bool:
 
 _process_default: torch.device | None = None
 _fast = False
+_numerics_chosen = False
 
 
 def set_default_device(device) -> torch.device | None:
@@ -90,8 +91,8 @@ def set_numerics(fast: bool = False) -> dict:
     Exact: TF32 off in cuDNN and cuBLAS, deterministic algorithms (warn-only, so that an op without a
     deterministic kernel still runs and says so), cudnn.benchmark off, and the cuBLAS workspace config
     that deterministic cuBLAS needs. Fast: TF32 on, cudnn.benchmark on, nondeterminism allowed."""
-    global _fast
-    _fast = bool(fast)
+    global _fast, _numerics_chosen
+    _fast, _numerics_chosen = bool(fast), True
     if not fast:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.backends.cudnn.allow_tf32 = bool(fast)
@@ -106,6 +107,13 @@ def set_numerics(fast: bool = False) -> dict:
         "cudnn.benchmark": torch.backends.cudnn.benchmark,
         "deterministic": not fast,
     }
+
+
+def ensure_numerics() -> None:
+    """The exact mode, unless this process chose a mode already (a net built on a GPU is exact by
+    default: torch's own default runs cuDNN convolutions in TF32)."""
+    if not _numerics_chosen:
+        set_numerics(fast=False)
 
 
 def fast_mode() -> bool:

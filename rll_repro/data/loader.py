@@ -138,13 +138,21 @@ def _worker_init(_):
     torch.set_num_threads(1)
 
 
+def _pin_default() -> bool:
+    """Pinned batches (so the solver's copy to the GPU is asynchronous) when the nets run on CUDA."""
+    from rll_repro.device import resolve_device
+
+    return resolve_device(None).type == "cuda"
+
+
 class TrainLoader:
     """Iterates ``(data, labels)`` batches of a batch sampler and counts what was consumed."""
 
     def __init__(self, dataset: ListDataset, sampler, num_workers: int = 0, prefetch_factor: int = 2,
-                 pin_memory: bool = False):
+                 pin_memory: bool | None = None):
         self.dataset, self.sampler = dataset, sampler
-        self.num_workers, self.prefetch_factor, self.pin_memory = num_workers, prefetch_factor, pin_memory
+        self.num_workers, self.prefetch_factor = num_workers, prefetch_factor
+        self.pin_memory = _pin_default() if pin_memory is None else bool(pin_memory)
 
     def _loader(self) -> DataLoader:
         kw = dict(prefetch_factor=self.prefetch_factor, persistent_workers=False,
@@ -197,4 +205,4 @@ def make_test_loader(source, transform: Callable | None, *, batch_size: int = 32
     dataset = ListDataset(image_list, transform, use_boxes=use_boxes)
     kw = dict(worker_init_fn=_worker_init) if num_workers > 0 else {}
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                      collate_fn=collate, **kw)
+                      collate_fn=collate, pin_memory=_pin_default(), **kw)

@@ -9,7 +9,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from rll_repro.device import fast_mode, resolve_device
+from rll_repro.device import ensure_numerics, fast_mode, resolve_device
 from rll_repro.errors import NetError
 from rll_repro.layers.base import BuildContext, Dialect
 from rll_repro.limits import check_allocation
@@ -89,6 +89,8 @@ class Net(Engine, PycaffeFacade, WeightsIO, nn.Module):
         if phase not in PHASES:
             raise NetError(f"phase must be 'train' or 'test', got {phase!r}")
         self.device = resolve_device(device)
+        if self.device.type == "cuda":
+            ensure_numerics()
         net_param = load_net_param(source)
         self.source = str(source) if isinstance(source, (str, os.PathLike)) else None
         self.name = net_param.name
