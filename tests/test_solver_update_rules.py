@@ -12,16 +12,19 @@ fake gradient cos(k*w).) So the tests hold:
 - One step from the same state (weights, history, iteration), for any Caffe setting: every element
   of ours lies within 2 * 1.05 * B of the transcription. B is a first-order running error bound of
   the formula on those inputs, computed op by op alongside the transcription (:class:`Tracked`):
-  each correctly rounded float32 op (add, mul, div, sqrt: correctly rounded on any IEEE machine,
-  scalar or vector) adds u*|result| with u = 2^-24; an axpy adds u*|a*x| more (fused or not); a dot
-  product of n terms adds gamma_n * sum(x^2) (any summation order, gamma_n = n*u / (1 - n*u)); the
-  input bounds propagate through each op. Ours and the transcription are each within B of the
+  each correctly rounded float32 op (add, mul, div: correctly rounded on any IEEE machine, scalar or
+  vector) adds u*|result| with u = 2^-24; a sqrt adds 2u*|result| (one ulp: torch's CPU sqrt goes
+  through MKL's VML, whose code path depends on the CPU and which is within one ulp, not always
+  correctly rounded: 0.6% of random floats here, 17% on MKL's SSE4.2 path); an axpy adds u*|a*x|
+  more (fused or not); a dot product of n terms adds gamma_n * sum(x^2) (any summation order,
+  gamma_n = n*u / (1 - n*u)); the input bounds propagate through each op. Ours and the transcription are each within B of the
   exact result, so within 2B of each other; 1.05 covers the second-order terms. Every step
   restarts from OUR state, so no rounding difference is fed back.
-- Bit for bit only where the arithmetic is order-fixed on any IEEE machine: with power-of-two
-  rates, momenta, decays and multipliers every axpy product a*x is exact, so fused and unfused axpy
-  round the same sum once, and each element's update is a fixed sequence of correctly rounded
-  operations; six steps of ours then equal six steps of the transcription exactly.
+- Bit for bit only where the arithmetic is order-fixed on any IEEE machine: the rules without a
+  sqrt (SGD, Nesterov) with power-of-two rates, momenta, decays and multipliers, where every axpy
+  product a*x is exact, so fused and unfused axpy round the same sum once and each element's update
+  is a fixed sequence of correctly rounded operations; six steps of ours then equal six steps of
+  the transcription exactly.
 
 A learning rate outside the history, decay after the rate, or normalisation after clipping move
 results by far more than the bound.
@@ -118,11 +121,12 @@ def t_axpy(alpha, x: Tracked, y: Tracked) -> Tracked:
 
 
 def t_sqrt(a: Tracked) -> Tracked:
+    """Within one ulp (2u relative), not half: MKL VML's sqrt, which torch uses on the CPU."""
     v = np.sqrt(a.v).astype(f32)
     x = a.v.astype(np.float64)
     den = np.sqrt(x) + np.sqrt(np.maximum(x - a.e, 0.0))  # |sqrt x' - sqrt x| = |x' - x| / (sqrt x' + sqrt x)
     spread = np.where(den > 0, a.e / np.where(den > 0, den, 1.0), np.sqrt(a.e))
-    return Tracked(v, spread + _rounding(v))
+    return Tracked(v, spread + 2 * _rounding(v))
 
 
 def t_div(a: Tracked, b: Tracked) -> Tracked:
@@ -278,17 +282,14 @@ def test_each_step_matches_the_caffe_transcription_within_the_rounding_bound(cas
 
 #: Power-of-two rates, momenta (Nesterov's 1 + m = 2), decays and lr/decay multipliers: every axpy
 #: product is exact, so each element's update is a fixed sequence of single correctly rounded IEEE
-#: operations whatever the CPU (FMA or not, any vector width or thread count).
+#: operations whatever the CPU (FMA or not, any vector width or thread count). Only the rules
+#: without a sqrt: torch's CPU sqrt (MKL VML) is within one ulp, its rounding depends on the CPU.
 EXACT_PRODUCT_CASES = {
     "sgd_l2": dict(type="SGD", momentum=0.5, weight_decay=2 ** -6, base_lr=0.125),
     "sgd_l1": dict(type="SGD", momentum=0.5, weight_decay=2 ** -6, base_lr=0.125, regularization_type="L1"),
     "sgd_itersize3_step": dict(type="SGD", momentum=0.25, weight_decay=2 ** -8, base_lr=0.25, iter_size=3,
                                lr_policy="step", gamma=0.5, stepsize=2),
     "nesterov": dict(type="Nesterov", momentum=1.0, weight_decay=2 ** -7, base_lr=2 ** -5),
-    "adagrad": dict(type="AdaGrad", weight_decay=2 ** -6, base_lr=0.5),
-    "rmsprop": dict(type="RMSProp", weight_decay=2 ** -6, rms_decay=0.75, base_lr=2 ** -4),
-    "adadelta": dict(type="AdaDelta", momentum=0.5, delta=1e-6, weight_decay=2 ** -6, base_lr=1.0),
-    "adam": dict(type="Adam", momentum=0.5, momentum2=0.75, weight_decay=2 ** -10, base_lr=2 ** -7),
 }
 
 
@@ -309,14 +310,15 @@ def test_six_steps_are_bitwise_the_transcription_where_every_product_is_exact(ca
 
 
 @pytest.mark.skipif(not hasattr(torch.backends.cpu, "get_cpu_capability"), reason="needs torch's CPU dispatch")
-def test_the_rules_hold_with_torchs_no_fma_kernels():
-    """The same checks in a process whose torch runs its default kernels (no FMA, no vector units), as
-    on a CPU without AVX2: what made the old bitwise checks fail on an AMD EPYC."""
+def test_the_rules_hold_with_other_cpu_kernels():
+    """The same checks in a process whose torch runs its default kernels (no FMA, no vector units)
+    and whose MKL takes its SSE4.2 path, as on an older or non-Intel CPU: what made the old bitwise
+    checks fail on an AMD EPYC."""
     import os
     import subprocess
     import sys
 
-    env = {**os.environ, "ATEN_CPU_CAPABILITY": "default"}
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "default", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2"}
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k",
                           "rounding_bound or bitwise"], capture_output=True, text=True, env=env, timeout=300,
                          cwd=os.path.dirname(__file__))
