@@ -586,3 +586,17 @@ def test_labels_on_another_device_dtype_and_shape_are_accepted(loss_class):
     again = float((MarginLoss(seed=1) if loss_class is MarginLoss else loss_class())(x.reshape(12, 5, 1, 1),
                                                                                        y.double().reshape(12, 1, 1, 1)))
     assert again == ref
+
+
+def test_margin_layer_with_learn_beta_has_beta_as_its_blob_and_learns_it():
+    x, y = make_batch("random", 12, 6, seed=3)
+    net = metric_net("MarginLoss", 12, 6, "metric_loss_param { learn_beta: true num_classes: 4 seed: 2 nu: 0.1 }")
+    assert [tuple(p.data.shape) for p in net.params["loss"]] == [(4,)]
+    assert np.allclose(net.params["loss"][0].data, np.float32(1.2))
+    net.clear_param_diffs()
+    value, _ = net_value_and_grad(net, x.float().numpy(), (y % 4).float().numpy())
+    loss = MarginLoss(learn_beta=True, num_classes=4, seed=2, nu=float(np.float32(0.1)))
+    v = loss(x.float(), (y % 4).float())
+    v.backward()
+    assert value == float(v)
+    assert np.array_equal(net.params["loss"][0].diff, loss.beta.grad.numpy())

@@ -18,8 +18,7 @@ LiftedStructureLoss, BinomialDevianceLoss, MarginLoss, NCALoss, MultiSimilarityL
   back to the host (the standalone classes' NaN/shape checks are the net's job here: a NaN embedding
   gives a NaN loss, which the solver reports);
 - MarginLoss samples with the device's default generator, or with ``metric_loss_param.seed`` its own
-  generator on the embeddings' device; ``learn_beta``/``num_classes`` are not layer fields (a learnable
-  beta would be a Caffe blob: use the standalone class).
+  generator on the embeddings' device; with ``learn_beta`` its beta is the layer's learnable blob.
 
 ``ContrastiveLoss`` is also a BVLC Caffe type with three bottoms (a, b, similarity) and
 ``contrastive_loss_param``: a ContrastiveLoss layer with three bottoms is BVLC's layer
@@ -40,8 +39,8 @@ from rll_repro.layers.registry import register
 from rll_repro.losses import (BinomialDevianceLoss, ContrastiveLoss, LiftedStructureLoss, MarginLoss,
                               MultiSimilarityLoss, NCALoss, TripletLoss)
 
-INTEGER_FIELDS = ("seed",)
-NOT_LAYER_FIELDS = ("learn_beta", "num_classes")  # constructor arguments a layer cannot take
+INTEGER_FIELDS = ("seed", "num_classes")
+NOT_LAYER_FIELDS = ()  # constructor arguments a layer cannot take
 
 
 def loss_kwargs(param, loss_class) -> dict:
@@ -109,7 +108,25 @@ def _register_type(loss_class) -> type:
 TripletLossLayer = _register_type(TripletLoss)
 LiftedStructureLossLayer = _register_type(LiftedStructureLoss)
 BinomialDevianceLossLayer = _register_type(BinomialDevianceLoss)
-MarginLossLayer = _register_type(MarginLoss)
+
+
+@register
+class MarginLossLayer(MetricLossLayer):
+    """Caffe type 'MarginLoss': :class:`rll_repro.losses.MarginLoss` as a layer. With
+    ``metric_loss_param { learn_beta: true }`` beta (one value, or ``num_classes`` values) is the
+    layer's blob 0, learned by the solver like any weight (``param { lr_mult ... }``; Wu et al.
+    learn it), saved in the caffemodel; with ``num_classes`` the labels are checked against it on
+    each batch (one host read)."""
+
+    type_names = ("MarginLoss",)
+    loss_class = MarginLoss
+
+    def __init__(self, param, bottom_shapes, ctx):
+        super().__init__(param, bottom_shapes, ctx)
+        if self.loss.learn_beta:
+            self.loss.beta.data = self.loss.beta.data.to(ctx.dtype)
+            self.blobs.append(self.loss.beta)
+
 NCALossLayer = _register_type(NCALoss)
 MultiSimilarityLossLayer = _register_type(MultiSimilarityLoss)
 
