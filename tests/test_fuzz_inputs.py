@@ -457,7 +457,7 @@ def test_fuzzed_files_through_the_console_entry_point(tmp_path):
     import numpy as np
 
     np.save(tmp_path / "labels.npy", np.arange(12) % 3)
-    for kind in ("caffemodel", "net_prototxt", "npy"):
+    for kind in ("caffemodel", "npy"):
         seed_files = seeds(kind, tmp_path / kind)
         data, _ = make_case(kind, seed_files, 11, 0)
         path = tmp_path / f"case_{kind}{'.npy' if kind == 'npy' else '.bin'}"
