@@ -58,16 +58,18 @@ def fwd_bwd(loss_fn, x, *rest):
 
 
 def medians(fns, repeats):
-    """Median time (s) of each function over ``repeats`` interleaved rounds (after one warm-up)."""
+    """Median wall time and median CPU time (s, all threads of the process) of each function over
+    ``repeats`` interleaved rounds (after one warm-up)."""
     for fn in fns:
         fn()
-    times = [[] for _ in fns]
+    wall, cpu = [[] for _ in fns], [[] for _ in fns]
     for _ in range(repeats):
         for k, fn in enumerate(fns):
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             fn()
-            times[k].append(time.perf_counter() - t0)
-    return [statistics.median(t) for t in times]
+            wall[k].append(time.perf_counter() - t0)
+            cpu[k].append(time.process_time() - c0)
+    return [statistics.median(t) for t in wall], [statistics.median(t) for t in cpu]
 
 
 def table(sizes, threads, repeats):
@@ -75,8 +77,8 @@ def table(sizes, threads, repeats):
     ours_rll, ours_osm = RankedListLoss(), OSMCAALoss()
     print(f"torch {torch.__version__}, D = {DIM}, median of {repeats} interleaved rounds, "
           f"pml {'available' if pml_rll is not None else 'not importable (columns skipped)'}")
-    header = (f"{'thr':>3} {'N':>5} | {'RLL ms':>8} {'pml RLL':>8} {'ratio':>6} | "
-              f"{'OSM ms':>8} {'pml Con':>8} {'ratio':>6}")
+    header = (f"{'thr':>3} {'N':>5} | {'RLL ms':>8} {'pml RLL':>8} {'ratio':>6} {'cpu ratio':>9} | "
+              f"{'OSM ms':>8} {'pml Con':>8} {'ratio':>6} {'cpu ratio':>9}")
     print(header)
     print("-" * len(header))
     nan = float("nan")
@@ -87,9 +89,12 @@ def table(sizes, threads, repeats):
             fns = [fwd_bwd(ours_rll, x, y), fwd_bwd(ours_osm, x, y, s)]
             if pml_rll is not None:
                 fns += [fwd_bwd(pml_rll, x, y), fwd_bwd(pml_con, x, y)]
-            t = medians(fns, repeats if n <= 1024 else max(3, repeats - 2)) + [nan, nan]
-            print(f"{nthreads:>3} {n:>5} | {t[0] * 1e3:8.1f} {t[2] * 1e3:8.1f} {t[2] / t[0]:6.2f} | "
-                  f"{t[1] * 1e3:8.1f} {t[3] * 1e3:8.1f} {t[3] / t[1]:6.2f}", flush=True)
+            wall, cpu = medians(fns, repeats if n <= 1024 else max(3, repeats - 2))
+            t, c = wall + [nan, nan], cpu + [nan, nan]
+            print(f"{nthreads:>3} {n:>5} | {t[0] * 1e3:8.1f} {t[2] * 1e3:8.1f} {t[2] / t[0]:6.2f} {c[2] / c[0]:9.2f} | "
+                  f"{t[1] * 1e3:8.1f} {t[3] * 1e3:8.1f} {t[3] / t[1]:6.2f} {c[3] / c[1]:9.2f}", flush=True)
+    print("ms: median wall time of one forward+backward; ratio = pml / ours (> 1: ours is faster); "
+          "cpu ratio: the same from the process's CPU time (less sensitive to other processes on a shared machine).")
 
 
 CATEGORIES = (  # (label, aten op names): the profile's rows, in this order

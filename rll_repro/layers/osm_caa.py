@@ -50,8 +50,9 @@ def gaussian_pdf(x: torch.Tensor, mean: float, sigma: float) -> torch.Tensor:
     mean, sigma = float(f32(mean)), float(f32(sigma))
     divider = math.sqrt(2 * math.pi * sigma * sigma)
     inv_divider = float(f32(1) / f32(divider)) if x.dtype == torch.float32 else 1.0 / divider
-    q = (x - mean) / sigma
-    return (inv_divider * torch.exp((-0.5 * q * q).to(F64))).to(x.dtype)
+    q = x / sigma if mean == 0.0 else (x - mean) / sigma  # x - 0 == x exactly
+    exponent = (q * -0.5).mul_(q)
+    return exponent.to(F64).exp_().mul_(inv_divider).to(x.dtype)
 
 
 def osm_caa_value_and_grad(emb: torch.Tensor, labels: torch.Tensor, scores: torch.Tensor, margin: float = 1.2,
@@ -78,8 +79,7 @@ def osm_caa_value_and_grad(emb: torch.Tensor, labels: torch.Tensor, scores: torc
             d2 = blk.d2
             d = torch.sqrt(d2)
             same = y[r0:r1, None] == y[None, r0:]
-            mdist = margin - d
-            hinge = mdist.clamp_min(0.0)
+            hinge = (margin - d).clamp_min_(0.0)
             terms = torch.where(same, d2, hinge * hinge)
             blk.diag(terms).zero_()
             value_sum += blk.pair_sum(terms)
@@ -91,7 +91,7 @@ def osm_caa_value_and_grad(emb: torch.Tensor, labels: torch.Tensor, scores: torc
             blk.diag(rc).zero_()
             set_sum += blk.pair_sum(rc)
             pos_set_sum += blk.pair_sum(torch.where(same, rc, 0.0))
-            kept.append((d, same, mdist, caa, raw))
+            kept.append((d, same, hinge, caa, raw))
         pair_sum = (value_sum / 2).to(dt)  # both orders counted: halve (exact)
         value = pair_sum / p / 2
         if not need_grad:
@@ -103,12 +103,13 @@ def osm_caa_value_and_grad(emb: torch.Tensor, labels: torch.Tensor, scores: torc
         twice_pos, twice_neg = (2 * s_pos.to(F64)), (2 * s_neg.to(F64))
 
         def coefficients():
-            for blk, (d, same, mdist, caa, raw) in zip(pairs.rows, kept):
-                # negatives: -alpha (m - d) / (d + 1e-4); where m - d <= 0, raw = 0 and so w = 0
-                beta = (-alpha * mdist).div_(d + EPS_NEG)
+            for d, same, hinge, caa, raw in kept:
+                # negatives: -alpha (m - d) / (d + 1e-4); where m - d <= 0, raw = 0 and so w = 0: the
+                # hinge max(m - d, 0) may stand for m - d
+                beta = (hinge * -alpha).div_(d + EPS_NEG)
                 coef = torch.where(same, alpha, beta)
                 # w = 0.5 raw c / S in double, rounded to float (0.5 x / S == x / (2 S) exactly)
-                w = raw.to(F64).mul_(caa).div_(torch.where(same, twice_pos, twice_neg)).to(dt)
+                w = raw.to(F64).mul_(caa.to(F64)).div_(torch.where(same, twice_pos, twice_neg)).to(dt)
                 a = w.mul_(coef)  # duplicates (d = 0) are recomputed pairs: f_i - f_j = 0, no contribution
                 yield a, a
 
