@@ -72,16 +72,13 @@ def remove_stale_temporaries(directory: str | os.PathLike | bytes) -> list[bytes
     return removed
 
 
-def _fs_name(path: str | os.PathLike) -> bytes:
-    """The path's bytes for the OS (a str holding surrogate escapes from a non-UTF-8 argv gives
-    back those original bytes)."""
-    return os.fsencode(path)
-
-
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "wb", encoding: str | None = None) -> Iterator[IO]:
-    """Open a temporary file next to ``path``; on success give it the umask's mode and rename it over ``path``."""
-    raw = _fs_name(path)
+    """Open a temporary file next to ``path``; on success give it the umask's mode and rename it over ``path``.
+
+    The path is handled as bytes (os.fsencode), so a name from a non-UTF-8 command line (surrogate
+    escapes) is written as given. An OSError of the writing itself names ``path``."""
+    raw = os.fsencode(path)
     parent = os.path.dirname(raw) or b"."
     name = os.path.basename(raw)
     try:
@@ -103,16 +100,16 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", encoding: str | None
     except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        if isinstance(exc, OSError) and not isinstance(exc, BrokenPipeError):
-            raise _renamed(exc, path) from None
-        raise
+        if isinstance(exc, OSError) and not isinstance(exc, BrokenPipeError) and exc.filename in (None, tmp):
+            raise _renamed(exc, path) from None  # about the output (full disk, read-only, ...)
+        raise  # about something else (the caller read another file): unchanged
 
 
 def _renamed(exc: OSError, path) -> OSError:
     """The same OSError naming the target file (not the temporary one, nor none at all)."""
     if exc.errno is None:
         return exc
-    return type(exc)(exc.errno, exc.strerror or os.strerror(exc.errno), os.fsdecode(_fs_name(path)))
+    return type(exc)(exc.errno, exc.strerror or os.strerror(exc.errno), os.fsdecode(os.fsencode(path)))
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

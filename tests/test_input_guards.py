@@ -402,6 +402,14 @@ def test_write_fault_creating_the_temporary_names_the_output_not_the_temporary(t
     assert code == 2 and err == f"rll-repro convert: error: {out}: Read-only file system"
 
 
+def test_an_error_about_another_file_inside_atomic_write_is_left_alone(tmp_path):
+    with pytest.raises(FileNotFoundError) as caught:
+        with fileio.atomic_write(tmp_path / "out.bin") as handle:
+            handle.write((tmp_path / "missing.txt").read_bytes())
+    assert caught.value.filename == str(tmp_path / "missing.txt")
+    assert os.listdir(tmp_path) == []
+
+
 @pytest.mark.parametrize("umask", [0o022, 0o027, 0o077, 0o002])
 def test_atomic_writes_honour_the_umask(tmp_path, umask):
     old = os.umask(umask)
