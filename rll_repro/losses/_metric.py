@@ -85,11 +85,14 @@ class _GramDistance(torch.autograd.Function):
         return distance_gradient(x, d, w, ctx.squared), None
 
 
-def distance_gradient(x: torch.Tensor, d: torch.Tensor, w: torch.Tensor, squared: bool) -> torch.Tensor:
-    """dL/dx from W = dL/dd (see :class:`_GramDistance`)."""
-    a = 2 * w if squared else torch.where(d > 0, w / d, torch.zeros_like(d))
-    s = a + a.T
-    return s.sum(1, keepdim=True) * x - s @ x
+def distance_gradient(x: torch.Tensor, d: torch.Tensor, w: torch.Tensor, squared: bool,
+                      symmetric: bool = False) -> torch.Tensor:
+    """dL/dx from W = dL/dd (see :class:`_GramDistance`); ``symmetric``: W = W^T, so S = 2 A."""
+    a = w if squared else torch.where(d > 0, w / d, torch.zeros_like(d))
+    s = a if symmetric else a + a.T
+    grad = s.sum(1, keepdim=True) * x - s @ x
+    factor = (2 if squared else 1) * (2 if symmetric else 1)  # d(d^2)/dx_i = 2 (x_i - x_j)
+    return grad.mul_(factor) if factor != 1 else grad
 
 
 class _DistanceLoss(torch.autograd.Function):
@@ -98,23 +101,23 @@ class _DistanceLoss(torch.autograd.Function):
     the losses where autograd's chain of N x N steps would cost more than the formula."""
 
     @staticmethod
-    def forward(ctx, x, squared: bool, value_and_weights):
+    def forward(ctx, x, squared: bool, value_and_weights, symmetric: bool):
         d = gram_distances(x, squared)
         value, w = value_and_weights(d)
         ctx.save_for_backward(x, d, w)
-        ctx.squared = squared
+        ctx.squared, ctx.symmetric = squared, symmetric
         return value
 
     @staticmethod
     def backward(ctx, grad):
         x, d, w = ctx.saved_tensors
-        return distance_gradient(x, d, w * grad, ctx.squared), None, None
+        return distance_gradient(x, d, w, ctx.squared, ctx.symmetric).mul_(grad), None, None, None
 
 
-def distance_loss(x: torch.Tensor, squared: bool, value_and_weights) -> torch.Tensor:
+def distance_loss(x: torch.Tensor, squared: bool, value_and_weights, symmetric: bool = False) -> torch.Tensor:
     """L(d(x)) with the hand-written W = dL/dd of ``value_and_weights(d) -> (value, W)`` (no autograd
-    inside; d: the squared distances if ``squared``)."""
-    return _DistanceLoss.apply(x, squared, value_and_weights)
+    inside; d: the squared distances if ``squared``; ``symmetric``: W is symmetric)."""
+    return _DistanceLoss.apply(x, squared, value_and_weights, symmetric)
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

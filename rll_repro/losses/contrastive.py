@@ -36,22 +36,29 @@ class ContrastiveLoss(MetricLoss):
         self.reduction = check_choice("ContrastiveLoss", "reduction", reduction, self.REDUCTIONS)
 
     def compute(self, batch: PairBatch) -> torch.Tensor:
-        return distance_loss(batch.emb, False, lambda d: self.value_and_weights(d, batch))
+        return distance_loss(batch.emb, False, lambda d: self.value_and_weights(d, batch), symmetric=True)
 
     def value_and_weights(self, d: torch.Tensor, batch: PairBatch):
-        """The value and W = dL/dd (hand-written: this loss is a few operations per pair)."""
-        # one hinge matrix: d - pos_margin on positive pairs, neg_margin - d elsewhere, 0 on the diagonal
-        hinge = torch.where(batch.pos, d - self.pos_margin, self.neg_margin - d).clamp_min_(0).masked_fill_(batch.eye, 0)
-        slope = hinge if self.squared else (hinge > 0).to(d.dtype)  # d(term)/d(hinge)
-        term = 0.5 * hinge * hinge if self.squared else hinge
+        """The value and W = dL/dd (hand-written: this loss is a few operations per pair). One hinge
+        matrix h = sign * d + offset: d - pos_margin on positive pairs, neg_margin - d on negative
+        pairs, and below 0 (so h = 0 after the clamp) on the diagonal."""
+        ones = torch.ones_like(d)
+        sign = torch.where(batch.pos, ones, -ones)
+        offset = torch.where(batch.pos, ones * -self.pos_margin, ones * self.neg_margin).masked_fill_(batch.eye, -1.0)
+        hinge = torch.addcmul(offset, sign, d).clamp_min_(0)  # the diagonal: offset -1, d = 0
         if self.reduction == "mean":
             scale = 1.0 / (batch.n * (batch.n - 1))
-            return term.sum() * scale, torch.where(batch.pos, slope, -slope).mul_(scale)
+            if self.squared:
+                value = 0.5 * scale * torch.dot(hinge.view(-1), hinge.view(-1))
+                return value, hinge.mul_(sign).mul_(scale)
+            return hinge.sum() * scale, (hinge > 0).to(d.dtype).mul_(sign).mul_(scale)
         active = hinge > 0
+        slope = hinge if self.squared else active.to(d.dtype)  # d(term)/d(hinge)
+        term = 0.5 * hinge * hinge if self.squared else hinge
         n_pos = (batch.pos & active).sum().clamp_min(1).to(d.dtype)
         n_neg = (batch.neg & active).sum().clamp_min(1).to(d.dtype)
-        pos_term = torch.where(batch.pos, term, torch.zeros_like(term))
-        value = pos_term.sum() / n_pos + (term.sum() - pos_term.sum()) / n_neg
+        pos_sum = torch.where(batch.pos, term, torch.zeros_like(term)).sum()
+        value = pos_sum / n_pos + (term.sum() - pos_sum) / n_neg
         return value, torch.where(batch.pos, slope / n_pos, -slope / n_neg)
 
     def extra_repr(self) -> str:

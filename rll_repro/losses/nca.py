@@ -17,8 +17,8 @@ class NCALoss(MetricLoss):
     - ``objective="probability"`` (default): Salakhutdinov and Hinton's O_NCA = sum_i p_i (Goldberger
       et al.'s f(A)), as a loss ``mean_i (1 - p_i)``;
     - ``objective="log"``: Goldberger et al.'s g(A) = sum_i log p_i, as ``mean_i -log p_i``:
-      pytorch-metric-learning's NCALoss (same formula; PML also drops a sample whose p_i underflows
-      to 0, here it is computed in log space and kept).
+      pytorch-metric-learning's NCALoss (same formula; where p_i underflows to 0, PML drops the
+      sample, here p_i is clamped at the dtype's smallest normal number).
 
     Both average over the samples that have a same-class neighbour (a sample alone in its class has
     p_i = 0 whatever the embedding). The papers have no scale (softmax_scale = 1); the name and
@@ -38,22 +38,22 @@ class NCALoss(MetricLoss):
     def value_and_weights(self, d2: torch.Tensor, batch: PairBatch):
         """The value and W = dL/d(d^2), hand-written. With z = -softmax_scale d^2, P = softmax_k(z_ik)
         over k != i, M samples with a positive: probability: dL/dz_ik = -P_ik (pos_ik - p_i) / M;
-        log: dL/dz_ik = (P_ik - Q_ik) / M, Q = the softmax over i's positives only (log space)."""
-        z = (-self.softmax_scale * d2).masked_fill_(batch.eye, -float("inf"))  # k != i
-        has_pos = batch.pos.any(1, keepdim=True)
-        m = has_pos.sum().clamp_min(1).to(d2.dtype)
+        log: dL/dz_ik = (P_ik - Q_ik) / M, Q = the softmax over i's positives only."""
+        z = (d2 * -self.softmax_scale).masked_fill_(batch.eye, -float("inf"))  # k != i
+        pos = batch.pos.to(d2.dtype)
+        has_pos = pos.amax(1, keepdim=True)  # 1 for the samples that have a positive, else 0
+        m = has_pos.sum().clamp_min(1)
         p_all = torch.softmax(z, 1)
-        if self.objective == "log":
-            z_pos = torch.where(batch.pos, z, torch.full_like(z, -float("inf")))
-            log_p = torch.logsumexp(z_pos, 1, keepdim=True) - torch.logsumexp(z, 1, keepdim=True)
-            q = torch.where(has_pos, torch.softmax(torch.where(has_pos, z_pos, z), 1), torch.zeros_like(z))
-            value = -torch.where(has_pos, log_p, torch.zeros_like(log_p)).sum() / m
-            dz = torch.where(has_pos, p_all - q, torch.zeros_like(z))
+        p_pos = p_all * pos
+        p_i = p_pos.sum(1, keepdim=True)
+        if self.objective == "log":  # p_i clamped at the dtype's tiny: -log p_i stays finite
+            p_i = p_i.clamp_min(torch.finfo(d2.dtype).tiny)
+            value = -(torch.log(p_i) * has_pos).sum() / m
+            dz = p_all.sub_(p_pos.div_(p_i))  # P - Q, Q = the softmax over i's positives
         else:
-            p_i = torch.where(batch.pos, p_all, torch.zeros_like(p_all)).sum(1, keepdim=True)
-            value = torch.where(has_pos, 1 - p_i, torch.zeros_like(p_i)).sum() / m
-            dz = torch.where(has_pos, -p_all * (batch.pos.to(z.dtype) - p_i), torch.zeros_like(z))
-        return value, dz.mul_(-self.softmax_scale / m)
+            value = ((1 - p_i) * has_pos).sum() / m
+            dz = p_all.mul_(p_i - pos)
+        return value, dz.mul_(has_pos * (-self.softmax_scale / m))
 
     def extra_repr(self) -> str:
         return f"softmax_scale={self.softmax_scale:g}, objective={self.objective!r}, normalize={self.normalize}"
