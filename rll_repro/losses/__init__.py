@@ -7,7 +7,16 @@
     loss_fn = OSMCAALoss(margin=1.2, sigma=0.8)
     loss = loss_fn(embeddings, labels, attention)   # attention: CAA scores s_k >= 0, (N,)
 
-``mode="caffe"`` (default) is the authors' Caffe layer exactly (rll_repro.layers.rll /
+The baselines of the papers' tables, called the same way (``loss_fn(embeddings, labels)``), with
+pytorch-metric-learning's parameter names and defaults where PML has the loss: ContrastiveLoss
+(Hadsell et al. 2006), TripletLoss (FaceNet's semi-hard mining), LiftedStructureLoss (Song et al.
+2016; ``variant`` "hard" / "generalized"), BinomialDevianceLoss (Yi et al. 2014), MarginLoss (Wu et
+al. 2017, distance-weighted sampling, seedable), NCALoss (Goldberger et al.; Salakhutdinov and
+Hinton's form), MultiSimilarityLoss (Wang et al. 2019, with its pair mining). Each docstring states
+the formula, the paper's defaults and where it differs from PML; each is also a Caffe layer type of
+the same name (rll_repro.layers.metric_losses). They are vectorised over the N x N pair matrices.
+
+RankedListLoss and OSMCAALoss: ``mode="caffe"`` (default) is the authors' Caffe layer exactly (rll_repro.layers.rll /
 rll_repro.layers.osm_caa): the returned value is the layer's monitoring value for **this** batch
 (unlike the Caffe RLL layer, whose reported value lags one iteration, SPEC rll §1.4: a standalone
 loss has no previous iteration to report), and ``backward`` gives Caffe's gradient, which is not
