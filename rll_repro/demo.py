@@ -83,6 +83,8 @@ def run(out, *, methods=None, max_iter: int | None = None, seed: int | None = No
     inputs = reproduce.check_inputs(first, lists_dir=data.lists, data_root=str(data.root), need_weights=False)
     images, labels = test_images(first, inputs)
     table = {demo.RAW: evaluate_features(images.reshape(len(images), -1), labels)}
+    if report is not None:
+        report(f"{demo.RAW}: " + "  ".join(f"{k} {v:.1f}" for k, v in table[demo.RAW].items()))
     seconds = {}
     iterations = {}
     for method in methods:

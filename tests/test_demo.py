@@ -33,12 +33,14 @@ def test_rendering_is_seeded_and_keeps_the_digit_on_the_canvas():
     assert a[0].shape == (recipe.CANVAS, recipe.CANVAS) and a[0].dtype == np.uint8
     assert np.array_equal(a[0], a[1])
     assert not np.array_equal(a[0], recipe.render(digit, np.random.default_rng(6)))
-    # the digit's ink survives the affine map: nothing falls off the canvas
-    ink = [recipe.render(digit, np.random.default_rng(s)).sum() / 255.0 for s in range(20)]
-    assert min(ink) > 0.5 * (digit.sum() / 16.0)
+    # nothing falls off the canvas: the border is plain background (the image's darkest grey)
+    # and there is ink (the digit is brighter than its background)
     for s in range(20):
-        img = recipe.render(digit, np.random.default_rng(s))
-        assert img[0].max() == img[-1].max() == img[:, 0].max() == img[:, -1].max() == 0
+        img = recipe.render(digit, np.random.default_rng(s)).astype(int)
+        border = np.concatenate([img[0], img[-1], img[:, 0], img[:, -1]])
+        assert (border == img.min()).all()
+        assert recipe.BACKGROUND[0] <= img.min() <= recipe.BACKGROUND[1] + 1
+        assert img.max() - img.min() > 0.5 * recipe.CONTRAST[0] * (255 - recipe.BACKGROUND[1])
 
 
 def test_data_folder_is_images_listings_and_mat_lists_with_disjoint_classes(tmp_path):

@@ -9,6 +9,7 @@ iteration on a tiny synthetic CUB-layout image set through ``rll-repro reproduce
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -51,7 +52,7 @@ def test_every_loss_has_a_cub_and_a_cars_recipe_listed(capsys):
     assert cli.main(["reproduce", "--list"]) == 0
     listed = capsys.readouterr().out
     for name in NAMES:
-        assert f"\n{name}: " in listed
+        assert re.search(rf"^{re.escape(name)}[ :]", listed, re.M), name
 
 
 @pytest.mark.parametrize("name", NAMES)

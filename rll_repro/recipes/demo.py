@@ -1,11 +1,12 @@
 """The embedded demo (``rll-repro reproduce demo``): zero-shot retrieval of scattered digits.
 
 Data: scikit-learn's 8x8 digits (shipped inside scikit-learn: no download), each drawn onto a
-``CANVAS`` x ``CANVAS`` black canvas by one affine map: upscaled x2 and by a random factor in
-``SCALE``, rotated by a random angle in +-``ROTATION`` degrees, centred at a random position where it
-fits, bilinear (seeded: ``SEED``). Train classes 0-4 (``TRAIN_COPIES`` renderings of every image),
+``CANVAS`` x ``CANVAS`` canvas by one affine map: upscaled x2 and by a random factor in ``SCALE``,
+rotated by a random angle in +-``ROTATION`` degrees, centred at a random position where it fits,
+bilinear, on a random grey ``BACKGROUND`` with a random ink ``CONTRAST`` (seeded: ``SEED``). Train classes 0-4 (``TRAIN_COPIES`` renderings of every image),
 test classes 5-9 (one rendering each): test classes are never seen in training. Raw pixels retrieve
-badly here (the same digit at another place shares few pixels), a trained net does not.
+badly here (the same digit at another place shares few pixels), a trained net does not: its
+global MAX pool finds the strokes wherever they are.
 
 The images are written as PNG files with an SOP-style listing (``Ebay_train.txt`` /
 ``Ebay_test.txt``) and turned into the original ``.mat`` lists by our writer
@@ -16,7 +17,7 @@ solver, the TEST-phase deploy net, Recall@K and NMI, and ``diff`` against the nu
 ``rll_repro/eval/published/demo.json``.
 
 Nets: one small trunk shared by every method (3 x Conv 3x3 - BatchNorm - Scale - ReLU - MAX pool
-2/2, global AVE pool, 64-d embedding FC with lr_mult 10), then per method:
+2/2, global MAX pool, 64-d embedding FC with lr_mult 10), then per method:
 
 - ``RLL``: Reshape -> L2 Normalization -> DistanceWeightedValidPairLossV12 (m 0.4, T_n 10), the RLL
   sampler (C classes x K images, epochs over classes);
@@ -156,13 +157,13 @@ def make_data(root, *, seed: int = SEED, train_copies: int = TRAIN_COPIES,
 
 # ------------------------------------------------------------------------------------------ nets
 def trunk(b: NetBuilder, dim: int = DIM) -> str:
-    """Conv-BN-Scale-ReLU-MAXpool x 3, global AVE pool (``pool``), embedding FC (``embedding``)."""
+    """Conv-BN-Scale-ReLU-MAXpool x 3, global MAX pool (``pool``), embedding FC (``embedding``)."""
     x, size = "data", CANVAS
     for index, channels in TRUNK:
         x = bn.conv_bn(b, f"conv{index}", x, channels, kernel=3, pad=1)
         x = bn.pool(b, f"pool{index}", x, "MAX", 2, 2)
         size //= 2
-    bn.pool(b, "pool", x, "AVE", size, 1)
+    bn.pool(b, "pool", x, "MAX", size, 1)
     bn.fc(b, FEATURE_BLOB, "pool", dim, lr_mult=10)
     return FEATURE_BLOB
 
