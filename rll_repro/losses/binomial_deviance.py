@@ -18,8 +18,9 @@ class BinomialDevianceLoss(MetricLoss):
 
     i.e. the mean of ``softplus(-alpha (s - beta))`` over the positive pairs plus the mean of
     ``softplus(alpha cost (s - beta))`` over the negative pairs (an empty kind contributes 0).
-    Paper defaults (Yi et al., also used by Ustinova and Lempitsky 2016): alpha = 2, beta = 0.5,
-    cost c = 25. pytorch-metric-learning has no binomial deviance loss: the names are the paper's.
+    Defaults alpha = 2, beta = 0.5, cost c = 25: the values of Ustinova and Lempitsky's (NIPS 2016)
+    comparison, as recalled (not checked against either paper's text here).
+    pytorch-metric-learning has no binomial deviance loss: the names are the papers' (c = ``cost``).
     """
 
     def __init__(self, alpha: float = 2.0, beta: float = 0.5, cost: float = 25.0, normalize: bool = True):

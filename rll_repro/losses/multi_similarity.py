@@ -16,9 +16,10 @@ class MultiSimilarityLoss(MetricLoss):
 
     with the paper's pair mining (``mine_pairs=True``, §3.3): a negative k of i is kept if
     ``S_ik + epsilon > min_{j positive} S_ij``, a positive j if ``S_ij - epsilon < max_{k negative} S_ik``
-    (an empty set contributes log 1 = 0). Paper defaults: alpha = 2, beta = 50, epsilon = 0.1, and
-    the shift lambda = ``base``; the authors' released config uses base (thresh) 0.5, epsilon (margin)
-    0.1, alpha 2, beta 40.
+    (an empty set contributes log 1 = 0). Paper defaults as commonly cited (not checked against the
+    paper's text here): alpha = 2, beta = 50, lambda (``base``) = 1, epsilon = 0.1; the authors'
+    released code hard-codes lambda (``thresh``) = 0.5 and epsilon (``margin``) = 0.1, with alpha = 2
+    and beta = 40 in its configs.
 
     Names and defaults are pytorch-metric-learning's (MultiSimilarityLoss alpha=2, beta=50,
     base=0.5 and MultiSimilarityMiner epsilon=0.1): loss(emb, labels, miner(emb, labels)) there is the
