@@ -119,7 +119,8 @@ def run(args) -> int:
 
         print("demo: the embedded demo (scattered scikit-learn digits, zero-shot; raw pixels, RLL, OSM+CAA; "
               "--all adds the baselines)")
-        print("digits: the Caffe-replayed digits run (scikit-learn digits, RLL, 300 iterations, no download)")
+        print("digits: the earlier demo (RLL on the unmoved 8x8 digits, 300 iterations, beside a real Caffe "
+              "run's numbers)")
         for name in recipes.names():
             if name != "digits":
                 s = recipes.get(name)
