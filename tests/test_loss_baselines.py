@@ -480,6 +480,7 @@ def test_metric_loss_param_fields_are_the_constructor_arguments(type_name, param
     ("TripletLoss", "metric_loss_param { alpha: 1 }", r"metric_loss_param\.alpha is not a parameter of TripletLoss"),
     ("TripletLoss", 'metric_loss_param { mining: "hardest" }', "mining must be one of"),
     ("NCALoss", 'metric_loss_param { objective: "sum" }', "objective must be one of"),
+    ("ContrastiveLoss", "contrastive_loss_param { margin: 2 }", "three-bottom"),
 ])
 def test_bad_metric_loss_param_is_a_net_error_naming_the_layer(type_name, params, match):
     with pytest.raises(NetError, match=match) as info:

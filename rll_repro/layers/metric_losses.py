@@ -185,6 +185,10 @@ class ContrastiveLossLayer(MetricLossLayer):
     def __init__(self, param, bottom_shapes, ctx):
         self.bvlc = len(bottom_shapes) == 3
         if not self.bvlc:
+            if has(param, "contrastive_loss_param"):
+                raise fail(param, "contrastive_loss_param is for BVLC's three-bottom ContrastiveLoss (a, b, "
+                                  "similarity); with two bottoms (embeddings, labels) use metric_loss_param "
+                                  "{ pos_margin neg_margin ... }")
             super().__init__(param, bottom_shapes, ctx)
             return
         Layer.__init__(self, param, bottom_shapes, ctx)
