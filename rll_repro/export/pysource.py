@@ -456,7 +456,7 @@ class _Generator:
             "from torch import nn",
             "",
             f"INPUTS = {tuple(inputs)!r}  # Caffe blob names of forward's arguments",
-            f"INPUT_SHAPES = {dict((k, tuple(v)) for k, v in input_shapes.items())!r}  # as declared (any batch size works)",
+            f"INPUT_SHAPES = {dict((k, tuple(v)) for k, v in input_shapes.items())!r}  # as declared (the batch may differ)",
             f"OUTPUTS = {tuple(outputs)!r}  # Caffe blob names of what forward returns",
             "CAFFE_LAYERS = {  # attribute -> Caffe layer name",
         ]
@@ -705,9 +705,11 @@ def instantiate(generated: GeneratedModule, load_state: bool = True) -> torch.nn
     """Run the generated source in a fresh module namespace and return its module (weights loaded)."""
     module = types.ModuleType("rll_repro_generated_net")
     exec(compile(generated.source, "<generated net>", "exec"), module.__dict__)
-    model = module.Net()
-    if load_state:
-        model.load_state_dict(generated.state_dict)
+    if not load_state:
+        return module.Net().eval()
+    with torch.device("meta"):  # no filler work for weights about to be replaced
+        model = module.Net()
+    model.load_state_dict({k: v.clone() for k, v in generated.state_dict.items()}, assign=True)
     return model.eval()
 
 
