@@ -101,16 +101,17 @@ def loop_contrastive(x, y, pos_margin=0.0, neg_margin=1.0):
     return total / (n * (n - 1))
 
 
-def loop_triplet_semihard(x, y, margin=0.05):
+def loop_triplet_semihard(x, y, margin=0.05, squared=False):
     """FaceNet semi-hard (TensorFlow's rule): per positive pair the closest negative farther than the
     positive, else the farthest negative; mean over positive pairs of the anchors with negatives."""
     xs, labels, n, pos, _ = ref_setup(x, y)
+    metric = (lambda a, b: ((a - b) ** 2).sum()) if squared else dist
     terms = []
     for a, p in pos:
-        negs = [dist(xs[a], xs[k]) for k in range(n) if labels[k] != labels[a]]
+        negs = [metric(xs[a], xs[k]) for k in range(n) if labels[k] != labels[a]]
         if not negs:
             continue
-        d_ap = dist(xs[a], xs[p])
+        d_ap = metric(xs[a], xs[p])
         farther = [v for v in negs if float(v) > float(d_ap)]
         d_an = min(farther, key=float) if farther else max(negs, key=float)
         terms.append(torch.clamp(d_ap - d_an + margin, min=0))
@@ -227,6 +228,8 @@ LOOP_CASES = [
      lambda x, y: loop_contrastive(x, y, 0.3, 1.4)),
     ("triplet-semihard", TripletLoss(), loop_triplet_semihard),
     ("triplet-semihard-0.2", TripletLoss(margin=0.2), lambda x, y: loop_triplet_semihard(x, y, 0.2)),
+    ("triplet-semihard-squared", TripletLoss(margin=0.2, squared=True),
+     lambda x, y: loop_triplet_semihard(x, y, 0.2, squared=True)),
     ("triplet-all", TripletLoss(mining="all", margin=0.3), lambda x, y: loop_triplet_all(x, y, 0.3)),
     ("lifted-smooth", LiftedStructureLoss(), loop_lifted),
     ("lifted-hard", LiftedStructureLoss(variant="hard"), lambda x, y: loop_lifted(x, y, "hard")),
