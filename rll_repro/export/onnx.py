@@ -41,11 +41,14 @@ def to_onnx_bytes(generated: GeneratedModule, dynamic_batch: bool = True, opset:
     onnx = _require_onnx()
     model = instantiate(generated)
     _freeze_batchnorm_statistics(model)
+    declared = [tuple(generated.input_shapes[n]) for n in generated.inputs]
     # with a dynamic batch axis one sample is enough to trace (the SOP deploy net declares 10 at 227 px)
-    shapes = [tuple(generated.input_shapes[n]) for n in generated.inputs]
-    if dynamic_batch:
-        shapes = [(1,) + s[1:] if s else s for s in shapes]
-    example = tuple(torch.zeros(s) for s in shapes)
+    example = tuple(torch.zeros((1,) + s[1:] if dynamic_batch and s else s) for s in declared)
+    try:
+        with torch.no_grad():
+            model(*example)
+    except RuntimeError:  # a net whose shapes fix the batch (a Reshape to explicit dims): trace as declared
+        example = tuple(torch.zeros(s) for s in declared)
     # the same tensor returned twice (a Split top and its twin) would give one value two names
     outputs = list(generated.outputs)
     axes = {n: {0: "batch"} for n in list(generated.inputs) + outputs} if dynamic_batch else None

@@ -74,12 +74,14 @@ class CaffeScale(nn.Module):
 
     def __init__(self, shape, axis=1, ndim=4, bias_term=True, learned_scale=True):
         super().__init__()
-        self.view = tuple(shape) + (1,) * (ndim - axis - len(shape))
+        self.trailing = (1,) * (ndim - axis - len(shape))
+        self.view = tuple(shape) + self.trailing
         self.weight = nn.Parameter(torch.ones(shape)) if learned_scale else None
         self.bias = nn.Parameter(torch.zeros(shape)) if bias_term else None
 
     def forward(self, x, gamma=None):
-        y = x * (self.weight if gamma is None else gamma).reshape(self.view)
+        gamma = self.weight.reshape(self.view) if gamma is None else gamma.reshape(gamma.shape + self.trailing)
+        y = x * gamma
         return y if self.bias is None else y + self.bias.reshape(self.view)
 ''',
     "CaffeBias": '''
@@ -89,11 +91,12 @@ class CaffeBias(nn.Module):
 
     def __init__(self, shape, axis=1, ndim=4, learned=True):
         super().__init__()
-        self.view = tuple(shape) + (1,) * (ndim - axis - len(shape))
+        self.trailing = (1,) * (ndim - axis - len(shape))
+        self.view = tuple(shape) + self.trailing
         self.bias = nn.Parameter(torch.zeros(shape)) if learned else None
 
     def forward(self, x, b=None):
-        return x + (self.bias if b is None else b).reshape(self.view)
+        return x + (self.bias.reshape(self.view) if b is None else b.reshape(b.shape + self.trailing))
 ''',
     "CaffeLRN": '''
 class CaffeLRN(nn.Module):
