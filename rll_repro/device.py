@@ -1,6 +1,7 @@
 """Devices and numerics: where a net's tensors live and how exact the GPU arithmetic is.
 
-- :func:`resolve_device`: ``None`` means ``cuda`` when a GPU is available, else ``cpu`` (the default
+- :func:`resolve_device`: ``None`` means ``--device`` when a verb was given one, else the
+  ``RLL_REPRO_DEFAULT_DEVICE`` environment variable, else ``cuda`` when a GPU is available, else ``cpu`` (the default
   of ``Net``, ``get_solver`` and every ``--device`` flag); ``"cuda"``/``"cuda:N"``/``"cpu"``/``"meta"``
   as torch spells them. A solver's ``solver_mode: GPU`` + ``device_id`` become ``cuda:<device_id>``
   when no device is given (:func:`solver_device`), as Caffe's ``caffe train`` reads them.
@@ -23,6 +24,7 @@ import torch
 from rll_repro.errors import RLLReproError
 
 DEVICE_HELP = "cpu, cuda or cuda:N (default: cuda when a GPU is available, else cpu)"
+DEFAULT_DEVICE_ENV = "RLL_REPRO_DEFAULT_DEVICE"  # what device=None means when set (e.g. a test run on cuda)
 
 
 class DeviceError(RLLReproError):
@@ -59,6 +61,8 @@ def resolve_device(device=None) -> torch.device:
     if device is None:
         if _process_default is not None:
             return _process_default
+        if os.environ.get(DEFAULT_DEVICE_ENV):
+            return resolve_device(os.environ[DEFAULT_DEVICE_ENV])
         return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     try:
         dev = torch.device(device)
