@@ -1,6 +1,8 @@
 """Every export rule against the Net's own layer, on a synthetic deploy net with seeded random weights
 (the layer types no oracle case or real model exercises: Deconvolution, PReLU, Sigmoid, TanH, ELU,
-BNLL, Power, Slice, Split, Bias, two-bottom Scale, Reshape, Flatten, Dropout in TEST), for the
+BNLL, Power, Slice, Split, Bias, two-bottom Scale, Reshape, Flatten, Dropout in TEST, and pooling
+where Caffe's clip drops the last ceil-mode window: 6 px, kernel 3, stride 4, pad 1 gives 2 windows,
+not ceil(5/4) + 1 = 3), for the
 generated module and for its ONNX file. Tolerance 1e-5 relative (see test_export_helpers); the module
 does the Net's torch operations (observed exact), onnxruntime its own kernels.
 """
@@ -36,6 +38,8 @@ layer {{ name: "scale2" type: "Scale" bottom: "conv" bottom: "g" top: "scale2" s
 layer {{ name: "drop" type: "Dropout" bottom: "scale2" top: "scale2" dropout_param {{ dropout_ratio: 0.5 }} }}
 layer {{ name: "reshape" type: "Reshape" bottom: "scale2" top: "reshape" reshape_param {{ shape {{ dim: 0 dim: -1 }} }} }}
 layer {{ name: "flatten" type: "Flatten" bottom: "elu" top: "flatten" }}
+layer {{ name: "poolmax" type: "Pooling" bottom: "conv" top: "poolmax" pooling_param {{ pool: MAX kernel_size: 3 stride: 4 pad: 1 }} }}
+layer {{ name: "poolave" type: "Pooling" bottom: "conv" top: "poolave" pooling_param {{ pool: AVE kernel_size: 3 stride: 4 pad: 1 }} }}
 """
 
 
@@ -57,7 +61,8 @@ def test_every_output_of_the_synthetic_net_is_exported(every_rule):
     net, generated, _, _ = every_rule
     assert sorted(generated.outputs) == sorted(net.outputs)
     assert sorted(generated.outputs) == sorted(
-        ["deconv", "sig", "tanh", "bnll", "power", "prod", "bias", "reshape", "flatten"])
+        ["deconv", "sig", "tanh", "bnll", "power", "prod", "bias", "reshape", "flatten", "poolmax", "poolave"])
+    assert net.blob_shapes["poolmax"] == net.blob_shapes["poolave"] == (2, 6, 2, 2)  # the clipped window
     assert "s1a = s1b = s1" in generated.source  # Split: aliases, no operation
     assert "drop (Dropout): identity in TEST" in generated.source
 
