@@ -94,3 +94,29 @@ def test_first_hit_ranks_do_not_depend_on_worker_threads(threads):
         torch.set_num_threads(before)
     order, _ = _reference_order(x)
     assert got.tolist() == (labels[order] == labels[:, None]).argmax(axis=1).tolist()
+
+
+@pytest.mark.parametrize("n,block_rows,seed", [(300, 64, 0), (1000, 100, 1), (700, 2048, 2), (513, 70, 3)])
+def test_symmetric_path_equals_plain_path_on_data_with_ties(n, block_rows, seed):
+    """Self-retrieval computes each block of X·Xᵀ once for its rows and its columns (in label order);
+    the plain path computes every row's similarities itself. Integer features with normalized=True
+    make every similarity an exact small integer, so the two agree on any BLAS, ties everywhere
+    (stable order by original index), shuffled labels, classes of 1 to ~10 items and some singletons."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-2, 3, (n, 5)).astype(np.float32)
+    labels = rng.integers(0, n // 4, n)
+    labels[:7] = n  # a class of 7 at the start
+    labels[-1] = n + 1  # a singleton: no positive
+    sym = first_hit_ranks(x, labels, block_rows=block_rows, normalized=True)
+    plain = first_hit_ranks(x, labels, block_rows=block_rows, normalized=True, symmetric=False)
+    assert sym.tolist() == plain.tolist()
+    s = x @ x.T
+    np.fill_diagonal(s, -np.inf)
+    order = np.argsort(-s, axis=1, kind="stable")
+    assert sym.tolist() == (labels[order] == labels[:, None]).argmax(axis=1).tolist()
+
+
+def test_symmetric_path_equals_plain_path_on_normalised_float_features():
+    x, labels = _tied_features(n=900, d=8, seed=5)
+    assert (first_hit_ranks(x, labels, block_rows=128).tolist()
+            == first_hit_ranks(x, labels, block_rows=128, symmetric=False).tolist())

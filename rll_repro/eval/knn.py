@@ -105,7 +105,7 @@ def _best_positive(sn, rows, start, positives, ql, gl, exclude_self):
 
 def first_hit_ranks(query: np.ndarray, q_labels, gallery: np.ndarray | None = None, g_labels=None,
                     *, exclude_self: bool | None = None, block_rows: int = DEFAULT_BLOCK_ROWS,
-                    normalized: bool = False, progress=None) -> np.ndarray:
+                    normalized: bool = False, progress=None, symmetric: bool | None = None) -> np.ndarray:
     """0-based rank of the first gallery item sharing the query's label, in MATLAB's stable order.
 
     ``gallery=None`` means query == gallery (SOP, CUB, Cars): the query itself is put last (distance
@@ -113,6 +113,9 @@ def first_hit_ranks(query: np.ndarray, q_labels, gallery: np.ndarray | None = No
     position. Queries without any same-class item get rank ``len(gallery)`` (never a hit).
     Rank of the best positive p of row q = #{j: s_j > s_p} + #{j < p: s_j == s_p}: exactly its position
     under a stable descending sort of that row's float32 similarities.
+
+    Self-retrieval with ``exclude_self`` takes the symmetric path (:func:`_symmetric_ranks`: each
+    block of X·Xᵀ computed once, for its rows and its columns) unless ``symmetric=False``.
     """
     torch = _torch()
     same = gallery is None
@@ -127,6 +130,8 @@ def first_hit_ranks(query: np.ndarray, q_labels, gallery: np.ndarray | None = No
     gl = ql if same else _labels(g_labels, ng, "gallery labels")
     if exclude_self and nq != ng:
         raise DataError("exclude_self needs query and gallery to be the same items")
+    if same and exclude_self and symmetric is not False and nq >= SYMMETRIC_MIN_ROWS:
+        return _symmetric_ranks(Q, ql, block_rows, progress)
     positives = _Positives(ql, gl)
     Qt, Gt = torch.from_numpy(np.ascontiguousarray(Q)), torch.from_numpy(np.ascontiguousarray(G))
     ranks = np.empty(nq, dtype=np.int64)
@@ -142,6 +147,102 @@ def first_hit_ranks(query: np.ndarray, q_labels, gallery: np.ndarray | None = No
     finally:
         if pool is not None:
             pool.shutdown()
+    return ranks
+
+
+SYMMETRIC_TILE_COLS = 8192  # columns per similarity tile of the symmetric path (b x 8192 float32)
+SYMMETRIC_MIN_ROWS = 64  # rows (and columns) per product at least: tiny ones go to other BLAS kernels
+
+
+def _even_bounds(start: int, stop: int, size: int) -> list[tuple[int, int]]:
+    """start:stop cut into ceil(len / size) nearly equal parts (no small remainder)."""
+    parts = max(1, -(-(stop - start) // size))
+    edges = [start + (stop - start) * i // parts for i in range(parts + 1)]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def _symmetric_ranks(X: np.ndarray, labels: np.ndarray, block_rows: int, progress) -> np.ndarray:
+    """:func:`first_hit_ranks` of X against itself, self excluded, each pair's similarity computed once.
+
+    The items are put in label order (a stable permutation), so every row block's positives lie in a
+    band of columns around its diagonal block. Pass 1 computes those bands only and finds each row's
+    best positive (similarity s_p, lowest original index p among equals, how many positives tie at
+    it). Pass 2 walks the staircase of blocks (rows r0:r1, columns r0:n) once: every off-diagonal
+    block counts, for its rows and (transposed) for its columns, how many similarities are > s_p and
+    >= s_p; the diagonal block counts for its rows only. rank = #(> s_p) + #(j < p, s_j == s_p); the
+    second term can only be nonzero in rows where more items tie at s_p than positives do, and those
+    rows (rare outside synthetic data) are recomputed in original order. Identical to the plain path
+    because the similarity of (i, j) is the same float32 number wherever the matmul computes it
+    (s_ij == s_ji: BLAS sgemm sums each entry's products in one order). That holds for matrix
+    products, not for the matrix-vector kernels BLAS switches to for a single row or column, so every
+    product here has at least ``SYMMETRIC_MIN_ROWS`` rows and columns (blocks and tiles are cut
+    evenly; rows to recompute are padded). tests/test_eval_knn.py compares both paths.
+    """
+    torch = _torch()
+    n = X.shape[0]
+    blocks = _even_bounds(0, n, max(block_rows, SYMMETRIC_MIN_ROWS))
+    b = max(r1 - r0 for r0, r1 in blocks)
+    perm = np.argsort(labels, kind="stable")
+    lab = labels[perm]
+    first = np.searchsorted(lab, lab, side="left")  # class extent of each permuted item
+    last = np.searchsorted(lab, lab, side="right")
+    Xp = torch.from_numpy(np.ascontiguousarray(X[perm]))
+    big = np.iinfo(np.int64).max
+    best = np.full(n, -np.inf, dtype=np.float32)
+    p = np.full(n, big, dtype=np.int64)
+    n_tied = np.zeros(n, dtype=np.int64)
+    for r0, r1 in blocks:  # pass 1: the bands of positives
+        lo, hi = int(first[r0]), int(last[r1 - 1])
+        band = torch.mm(Xp[r0:r1], Xp[lo:hi].T).numpy()
+        rows = np.arange(r1 - r0)
+        cols = np.arange(lo, hi)
+        pos = (cols[None, :] >= first[r0:r1, None]) & (cols[None, :] < last[r0:r1, None])
+        pos[rows, r0 + rows - lo] = False  # not itself
+        masked = np.where(pos, band, np.float32(-np.inf))
+        best[r0:r1] = masked.max(axis=1)
+        at_best = pos & (masked == best[r0:r1, None])
+        p[r0:r1] = np.where(at_best, perm[lo:hi][None, :], big).min(axis=1)
+        n_tied[r0:r1] = at_best.sum(axis=1)
+    has = np.isfinite(best)
+    thr = torch.from_numpy(np.where(has, best, np.float32(np.inf)).astype(np.float32))
+    greater = torch.zeros(n, dtype=torch.int64)
+    at_least = torch.zeros(n, dtype=torch.int64)
+    width = max(SYMMETRIC_TILE_COLS, b)
+    buf = torch.empty(b * width, dtype=torch.float32)
+    for r0, r1 in blocks:  # pass 2: the staircase, each block once
+        k = r1 - r0
+        t_rows = thr[r0:r1, None]
+        for c0, c1 in _even_bounds(r0, n, width):
+            s = buf[:k * (c1 - c0)].view(k, c1 - c0)
+            torch.mm(Xp[r0:r1], Xp[c0:c1].T, out=s)
+            if c0 < r1:  # the diagonal block: itself scores -inf (ranked last)
+                rows = torch.arange(k)
+                inside = (r0 + rows >= c0) & (r0 + rows < c1)
+                s[rows[inside], (r0 + rows - c0)[inside]] = float("-inf")
+            greater[r0:r1] += (s > t_rows).sum(1)
+            at_least[r0:r1] += (s >= t_rows).sum(1)
+            off = max(r1 - c0, 0)  # columns beyond the diagonal block: count for them too
+            if off < c1 - c0:
+                t_cols = thr[None, c0 + off:c1]
+                greater[c0 + off:c1] += (s[:, off:] > t_cols).sum(0)
+                at_least[c0 + off:c1] += (s[:, off:] >= t_cols).sum(0)
+        if progress is not None:
+            progress.update(k)
+    greater, at_least = greater.numpy(), at_least.numpy()
+    rank = greater.copy()
+    extra = np.flatnonzero(has & (at_least - greater > n_tied))  # ties at s_p beyond the tied positives
+    if extra.size:
+        Xt = torch.from_numpy(np.ascontiguousarray(X))
+        cols = np.arange(n)
+        for c0 in range(0, extra.size, b):
+            t = extra[c0:c0 + b]
+            orig = perm[t]
+            padded = np.resize(orig, max(t.size, min(SYMMETRIC_MIN_ROWS, n)))  # a matrix product, see above
+            s = torch.mm(Xt[padded], Xt.T).numpy()[:t.size]
+            s[np.arange(t.size), orig] = -np.inf
+            rank[t] += ((s == best[t, None]) & (cols[None, :] < p[t, None])).sum(axis=1)
+    ranks = np.empty(n, dtype=np.int64)
+    ranks[perm] = np.where(has, rank, n - 1)  # no positive: self (last, same class) is the first hit
     return ranks
 
 
