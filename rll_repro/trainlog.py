@@ -72,6 +72,10 @@ class GlogWriter:
 
     def __init__(self, path: str | os.PathLike | None = None, echo: bool = False, stream: IO | None = None, *,
                  per_run: bool = True):
+        from rll_repro.net.parallel import is_main_process
+
+        if not is_main_process():  # data-parallel: rank 0 writes the run's one log
+            path, echo = None, False
         self.path = Path(path) if path is not None else None
         self.run_path: Path | None = None
         self._file = None

@@ -19,9 +19,17 @@ def device_from_args(args):
     """The torch.device of ``--device`` after applying the numerics ``--fast`` asks for; a given
     ``--device`` also becomes the process default, so every net the verb builds lands there."""
     from rll_repro.device import resolve_device, set_default_device, set_numerics
+    from rll_repro.net.parallel import init_from_env, is_main_process
 
     set_numerics(fast=bool(getattr(args, "fast", False)))
     device = getattr(args, "device", None)
-    if device is not None:
-        return set_default_device(device)
+    # under torchrun: join the process group (NCCL on cuda, gloo on cpu), one GPU per local rank
+    ranked = init_from_env(resolve_device(device))
+    if not is_main_process():  # rank 0 prints the verb's report (and writes the log)
+        import os
+        import sys
+
+        sys.stdout = open(os.devnull, "w", encoding="utf-8")
+    if device is not None or ranked != resolve_device(device):
+        return set_default_device(ranked)
     return resolve_device(None)
