@@ -13,10 +13,10 @@ folder (default runs/demo) gets results.json ("table"), table.png and one folder
 (train.log, curves.png, snapshots).
 
 `rll-repro reproduce digits` is the earlier demo, kept for its real-Caffe comparison (no download,
-a minute or two on 2 CPU cores): scikit-learn's 8x8 digits, train classes 0-4 / test classes 5-9, our digits prototxts
-(prototxt/digits: Conv-BN-Scale-ReLU x 2, 32-d embedding, RLL loss), multistep SGD for 300
-iterations, then the TEST-phase embedding of the test classes and Recall@1,2,4,8, printed next to
-the numbers a real RLL Caffe got on the same demo. The run folder gets train.log (Caffe format),
+about 8 s of CPU time: 4-9 s on an idle 2-core machine): scikit-learn's 8x8 digits, train classes
+0-4 / test classes 5-9, our digits prototxts (prototxt/digits: Conv-BN-Scale-ReLU x 2, 32-d
+embedding, RLL loss), multistep SGD for 300 iterations, then the TEST-phase embedding of the test
+classes and Recall@1,2,4,8, printed next to the numbers a real RLL Caffe got on the same demo. The run folder gets train.log (Caffe format),
 curves.png (loss and learning rate), the final caffemodel + solverstate, history.json,
 test_features.npy and results.json.
 
