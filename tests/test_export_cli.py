@@ -147,3 +147,48 @@ def test_fold_bn_on_resnet20_deploy_stays_within_the_bound(shared, tmp_path, cap
     ops = [n.op_type for n in onnx.load(str(out)).graph.node]
     # one affine BatchNormalization per BatchNorm+Scale pair, no Scale Mul/Add left
     assert ops.count("BatchNormalization") == 21 and "Mul" not in ops
+
+
+TINY = """name: "tiny"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 dim: 4 dim: 4 } } }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+        convolution_param { num_output: 2 kernel_size: 3 weight_filler { type: "gaussian" std: 0.1 } } }
+layer { name: "fc" type: "InnerProduct" bottom: "conv" top: "fc" inner_product_param { num_output: 5 } }
+"""
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory):
+    from rll_repro.net import Net
+
+    d = tmp_path_factory.mktemp("export_bad")
+    (d / "net.prototxt").write_text(TINY)
+    (d / "other.prototxt").write_text(TINY.replace("num_output: 5", "num_output: 7"))
+    (d / "unknown.prototxt").write_text(TINY + 'layer { name: "w" type: "Wibble" bottom: "fc" top: "w" }\n')
+    Net(str(d / "net.prototxt"), phase="test").save(str(d / "good.caffemodel"))
+    Net(str(d / "other.prototxt"), phase="test").save(str(d / "mismatch.caffemodel"))
+    data = (d / "good.caffemodel").read_bytes()
+    (d / "truncated.caffemodel").write_bytes(data[: len(data) // 2])
+    (d / "image.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(30))
+    (d / "empty.prototxt").write_text("")
+    return d
+
+
+@pytest.mark.parametrize("net, weights, extra, names, what", [
+    ("absent.prototxt", "good.caffemodel", [], "absent.prototxt", "No such file"),
+    ("empty.prototxt", "good.caffemodel", [], "empty.prototxt", "empty file"),
+    ("image.png", "good.caffemodel", [], "image.png", "PNG image"),
+    ("unknown.prototxt", "good.caffemodel", [], "unknown.prototxt", "unknown layer type 'Wibble'"),
+    ("net.prototxt", "absent.caffemodel", [], "absent.caffemodel", "No such file"),
+    ("net.prototxt", "truncated.caffemodel", [], "truncated.caffemodel", "truncated"),
+    ("net.prototxt", "image.png", [], "image.png", "PNG image"),
+    ("net.prototxt", "mismatch.caffemodel", [], "mismatch.caffemodel", "does not match the net's (5, 8)"),
+    ("net.prototxt", "good.caffemodel", ["--input-shape", "2,3,2,2"], "--input-shape", "does not fit"),
+    ("net.prototxt", "good.caffemodel", ["--input-shape", "2,3"], "--input-shape", "input channels"),
+])
+def test_bad_input_is_one_line_naming_the_file(bad_files, capsys, net, weights, extra, names, what):
+    out = bad_files / "out.onnx"
+    assert main(["export", str(bad_files / net), str(bad_files / weights), str(out), *extra]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and names in err and what in err, err
+    assert not out.exists()

@@ -97,8 +97,11 @@ def run(args) -> int:
     if shape is not None:
         if not net.inputs:
             raise NetError(f"{args.net}: the net has no input blob for --input-shape")
-        net.blobs[net.inputs[0]].reshape(*shape)
-        net.reshape()
+        try:
+            net.blobs[net.inputs[0]].reshape(*shape)
+            net.reshape()
+        except NetError as exc:
+            raise NetError(f"{args.net}: --input-shape {args.input_shape} for input {net.inputs[0]!r}: {exc}") from exc
     try:
         generated = generate(net, fold_bn=args.fold_bn)
     except NetError as exc:
