@@ -40,7 +40,7 @@ def evaluate_features(features: np.ndarray, labels: np.ndarray) -> dict[str, flo
     return {k: round(float(out[k]), 4) for k in METRICS}
 
 
-def test_images(setting, inputs):
+def load_test_images(setting, inputs):
     """The test list's images through the setting's test transform: (N x C x H x W, labels)."""
     from rll_repro import reproduce
     from rll_repro.data import loader
@@ -81,7 +81,7 @@ def run(out, *, methods=None, max_iter: int | None = None, seed: int | None = No
     data = demo.make_data(out / "data", seed=demo.SEED if seed is None else seed, per_class=per_class)
     first = demo.METHODS[methods[0]]
     inputs = reproduce.check_inputs(first, lists_dir=data.lists, data_root=str(data.root), need_weights=False)
-    images, labels = test_images(first, inputs)
+    images, labels = load_test_images(first, inputs)
     table = {demo.RAW: evaluate_features(images.reshape(len(images), -1), labels)}
     if report is not None:
         report(f"{demo.RAW}: " + "  ".join(f"{k} {v:.1f}" for k, v in table[demo.RAW].items()))

@@ -111,7 +111,7 @@ def test_raw_pixels_are_the_preprocessed_test_images(tiny_run):
     setting = recipe.METHODS[recipe.RLL]
     inputs = reproduce.check_inputs(setting, lists_dir=out / "data" / "lists", data_root=str(out / "data"),
                                     need_weights=False)
-    images, labels = demo.test_images(setting, inputs)
+    images, labels = demo.load_test_images(setting, inputs)
     assert images.shape == (60, 3, recipe.CANVAS, recipe.CANVAS)
     assert results["table"][recipe.RAW] == demo.evaluate_features(images.reshape(60, -1), labels)
 

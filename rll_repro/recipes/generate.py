@@ -79,7 +79,9 @@ def readme() -> str:
            "Not generated: the 512-d `test_{H,L,M,concat}.prototxt` deploys (`*fc512` layers) in "
            "the SOP/In-shop `deploy_prototxts/`, and Market's `testResNet50*.prototxt` / "
            "`test_selfx4.prototxt`; they belong to other settings and the released scripts do not "
-           "use them (rll SPEC §5). `digits/` is the shipped demo (its own recipe, no original).",
+           "use them (rll SPEC §5). `digits/` is the earlier digits demo (its own recipe, no original); "
+           "`demo/` (the embedded demo, `rll_repro/recipes/demo.py`) and `baselines/` (the baseline "
+           "recipes, `rll_repro/recipes/baselines.py`) are our own nets, generated here too (no original).",
            "",
            "Older commit (`ff2a4de4c`, not in ../shared): `rll/sop_cvpr*/` and `rll/cub/` reproduce "
            "its `SOP_GoogLeNet_Ori_V05` and `CUB_V01` files (rll SPEC §1.5). The CVPR-era SOP nets "
