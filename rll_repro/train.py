@@ -191,6 +191,26 @@ def prior_history(snapshot, history_path=None) -> History | None:
     return None
 
 
+def loss_tensor_after_step(net):
+    """Σ loss_weight · loss top as the net holds it after the step, as a float64 tensor on the net's
+    device (read back in batches by :func:`run_training`); nets without tensor blobs give a float."""
+    import torch
+
+    tops = []
+    for layer in getattr(net, "layers", []):
+        param = layer.param
+        weights = list(param.loss_weight) or ([1.0] if getattr(layer, "is_loss", False) else [])
+        tops += [(top, float(w)) for top, w in zip(param.top, weights) if w]
+    blobs = getattr(net, "blobs", {})
+    if not tops or not all(hasattr(blobs[t], "tensor") for t, _ in tops):
+        return torch.tensor(loss_after_step(net), dtype=torch.float64)
+    total = None
+    for top, w in tops:
+        term = blobs[top].tensor.detach().to(torch.float64).sum() * w
+        total = term if total is None else total + term
+    return total
+
+
 def loss_after_step(net) -> float:
     """Sum of loss_weight * loss top as the net holds it after the step (what the scripts print)."""
     total = 0.0
@@ -296,6 +316,20 @@ def run_training(solver, source: BatchSource | None, schedule: Schedule, log=Non
     # The scripts' loss printout; a solver with `display` logs Caffe's lines itself instead.
     interval = 0 if int(solver.param.display) else max(int(schedule.output_interval or 0), 0)
     progress_every = int(solver.param.display) or interval
+    import torch
+
+    pending: list = []  # (iteration, rate, loss tensor) not yet read back from the device
+
+    def flush() -> None:
+        """Read the pending losses in one transfer (no host read inside a training step)."""
+        if pending:
+            values = torch.stack([t for _, _, t in pending]).to("cpu").tolist()
+            for (it, rate, _), value in zip(pending, values):
+                history.iterations.append(it)
+                history.losses.append(value)
+                history.rates.append(rate)
+            pending.clear()
+
     try:
         with Progress(max(schedule.max_iter, start), "train", enabled=progress, initial=start,
                       line_every_s=None if progress_every else 30.0) as bar:
@@ -306,26 +340,29 @@ def run_training(solver, source: BatchSource | None, schedule: Schedule, log=Non
                 rate = solver.learning_rate()
                 inputs = source.batch(it) if source is not None else None
                 solver.step(1, batches=(lambda _it: inputs) if inputs is not None else None)
-                loss = loss_after_step(solver.net)
-                history.iterations.append(it)
-                history.losses.append(loss)
-                history.rates.append(rate)
+                pending.append((it, rate, loss_tensor_after_step(solver.net)))
                 last = solver.iter == schedule.max_iter
-                if log is not None and interval and (it % interval == 0 or last):
-                    log.iteration_loss(it, loss)
+                logs_now = log is not None and interval and (it % interval == 0 or last)
+                reports_now = progress_every and (it % progress_every == 0 or last)
+                saves_now = schedule.saves_at(solver.iter)
+                if logs_now or reports_now or saves_now or on_step is not None:
+                    flush()  # the one host read of the losses since the last one
+                if logs_now:
+                    log.iteration_loss(it, history.losses[-1])
                     log.train_outputs(solver.net)
                     log.iteration_lr(it, rate)
-                if schedule.saves_at(solver.iter):
+                if saves_now:
                     save()  # before the snapshot too: a kill while writing it leaves a history covering it
                     history.snapshots.append(solver.snapshot(schedule.snapshot_prefix)[1])
                     save()
                     if on_snapshot is not None:
                         on_snapshot(history)
                 if on_step is not None:
-                    on_step(it, loss)
-                bar.update(1, postfix=f"loss {loss:.4g} lr {rate:.3g}")
-                if progress_every and (it % progress_every == 0 or last):
+                    on_step(it, history.losses[-1])
+                bar.update(1, postfix=f"loss {history.losses[-1]:.4g} lr {rate:.3g}" if not pending else "")
+                if reports_now:
                     _report_progress(bar, log)
+            flush()
     except TrainingError as exc:
         if log is not None:
             log.info(str(exc), source="solver.cpp:214", level="E")

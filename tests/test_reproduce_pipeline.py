@@ -307,7 +307,7 @@ def test_interrupted_session_keeps_its_history_up_to_the_last_snapshot(tiny, set
     import rll_repro.train as train_mod
 
     tiny["reference"].write_text(json.dumps({"R@1": 0.0}))
-    real, calls = train_mod.loss_after_step, []
+    real, calls = train_mod.loss_tensor_after_step, []
 
     def interrupt_at_iteration_5(net):
         calls.append(1)
@@ -315,11 +315,11 @@ def test_interrupted_session_keeps_its_history_up_to_the_last_snapshot(tiny, set
             raise KeyboardInterrupt
         return real(net)
 
-    monkeypatch.setattr(train_mod, "loss_after_step", interrupt_at_iteration_5)
+    monkeypatch.setattr(train_mod, "loss_tensor_after_step", interrupt_at_iteration_5)
     out = tmp_path / "run"
     assert _reproduce(tiny, out, "--tolerance", "100") == 130
     assert json.loads((out / "history.json").read_text())["iteration"] == [0, 1, 2, 3]  # saved with snapshot 4
-    monkeypatch.setattr(train_mod, "loss_after_step", real)
+    monkeypatch.setattr(train_mod, "loss_tensor_after_step", real)
     assert _reproduce(tiny, out, "--tolerance", "100") == 0
     assert json.loads((out / "history.json").read_text())["iteration"] == list(range(8))
 

@@ -78,6 +78,11 @@ class Blob:
         return self._net._host_array(self.name, "diff")
 
     @property
+    def tensor(self) -> torch.Tensor:
+        """The blob's data as the device tensor itself (no host copy; read-only by convention)."""
+        return self._net._blob_data(self.name)
+
+    @property
     def shape(self) -> tuple[int, ...]:
         return tuple(self._net._blob_data(self.name).shape)
 
