@@ -128,3 +128,16 @@ def test_bad_input_is_a_one_line_data_error(case):
 def test_unknown_mode_is_rejected():
     with pytest.raises(ValueError, match="mode"):
         RankedListLoss(mode="pml")
+
+
+@pytest.mark.parametrize("mode", ["caffe", "paper"])
+@pytest.mark.parametrize("row", [0.0, 1e-30], ids=["zero", "underflowing"])
+def test_an_embedding_whose_squared_norm_is_zero_is_a_data_error_not_a_silent_nan(mode, row):
+    """Issue 11.6c: float32 x*x underflows for |x| ~ 1e-30, so normalising gives 0/0 = NaN."""
+    from rll_repro.errors import DataError
+    from rll_repro.losses import RankedListLoss
+
+    emb = torch.randn(6, 4)
+    emb[2] = row
+    with pytest.raises(DataError, match="embedding 2 has a squared norm of 0"):
+        RankedListLoss(mode=mode)(emb, torch.arange(6) % 3)

@@ -42,17 +42,29 @@ def _check_per_sample(values, n: int, who: str, what: str, device: torch.device)
     return values.reshape(n).to(device)
 
 
+def _null_row(emb: torch.Tensor) -> int | None:
+    """The first embedding whose float32/64 squared norm is 0: all zeros, or so small (|x| ~ 1e-23 in
+    float32) that x·x underflows; dividing by its norm gives NaN."""
+    zero = (emb.detach() * emb.detach()).sum(1) == 0
+    return int(zero.nonzero()[0]) if bool(zero.any()) else None
+
+
 def _l2_caffe(emb: torch.Tensor, eps: float, who: str) -> torch.Tensor:
-    out = l2_normalize(emb, eps)
     if eps == 0.0 and host_reads_allowed(emb):
-        zero = (emb.detach() == 0).all(1)
-        if bool(zero.any()):
-            raise DataError(f"{who}: embedding {int(zero.nonzero()[0])} is all zeros; the RLL fork's L2 "
-                            "Normalization has no epsilon (Caffe: NaN); pass normalize=False or fix the input")
-    return out
+        row = _null_row(emb)
+        if row is not None:
+            raise DataError(f"{who}: embedding {row} has a squared norm of 0 (all zeros, or values so small "
+                            "that x*x underflows); the RLL fork's L2 Normalization has no epsilon (Caffe: "
+                            "NaN); pass normalize=False, rescale or fix the input")
+    return l2_normalize(emb, eps)
 
 
-def _l2_plain(emb: torch.Tensor) -> torch.Tensor:
+def _l2_plain(emb: torch.Tensor, who: str = "loss") -> torch.Tensor:
+    if host_reads_allowed(emb):
+        row = _null_row(emb)
+        if row is not None:
+            raise DataError(f"{who}: embedding {row} has a squared norm of 0 (all zeros, or values so small "
+                            "that x*x underflows): its direction, and the gradient through it, are undefined")
     return emb / emb.norm(dim=1, keepdim=True)
 
 

@@ -59,7 +59,7 @@ class OSMCAALoss(nn.Module):
         if host_reads_allowed(attention) and bool((attention < 0).any()):
             raise DataError(f"{who}: attention scores must be >= 0 (Caffe feeds a Gaussian pdf)")
         if self.mode == "paper":
-            emb = _l2_plain(emb) if self.normalize else emb
+            emb = _l2_plain(emb, who) if self.normalize else emb
             return paper_osm_caa_loss(emb, labels, attention, self.margin, self.sigma)
         emb = _l2_caffe(emb, 1e-12, who) if self.normalize else emb
         return osm_caa_loss(emb, labels, attention.to(emb.dtype), self.margin, self.sigma, self.mean)

@@ -68,7 +68,7 @@ class RankedListLoss(nn.Module):
         labels = _check_per_sample(labels, emb.shape[0], who, "labels", emb.device)
         p = self.params
         if self.mode == "paper":
-            emb = _l2_plain(emb) if self.normalize else emb
+            emb = _l2_plain(emb, who) if self.normalize else emb
             return paper_ranked_list_loss(emb, labels, p.negative_threshold, p.pn_margin, p.scale_n, p.scale_p)
         emb = _l2_caffe(emb, 0.0, who) if self.normalize else emb
         return (rll_v12 if self.variant == "v12" else rll_cvpr19)(emb, labels, p)
