@@ -1,6 +1,8 @@
 """`rll-repro forward` writes what Caffe holds after Forward/Backward; `inspect --shapes` prints blob shapes."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -75,3 +77,19 @@ def test_forward_on_a_recorded_case_file_reproduces_every_recorded_array(case, t
             assert float(np.abs(got[key].reshape(ref.shape) - ref).max()) <= 1e-5 * scale, key
             compared += 1
     assert compared >= 4
+
+
+def test_forward_warns_when_a_nan_input_makes_the_loss_nan(tmp_path, capsys):
+    """Issue 11.6c: a NaN input used to exit 0 with a NaN loss and no word about it."""
+    import numpy as np
+
+    from rll_repro.cli import main
+
+    root = Path(__file__).resolve().parents[1] / "prototxt/digits"
+    data = np.zeros((30, 1, 8, 8), np.float32)
+    data[3, 0, 2, 2] = np.nan
+    np.savez(tmp_path / "in.npz", data=data, label=(np.arange(30) % 5).astype(np.float32))
+    assert main(["forward", str(root / "train.prototxt"), "--inputs", str(tmp_path / "in.npz"),
+                 "--out", str(tmp_path / "out.npz")]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "NaN or Inf" in err[0] and "input data (1 values)" in err[0]

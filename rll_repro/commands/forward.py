@@ -129,4 +129,23 @@ def run(args) -> int:
     np.savez(buffer, **out)
     atomic_write_bytes(args.out, buffer.getvalue())
     print(f"wrote {len(out)} arrays to {args.out}")
+    _warn_nonfinite(inputs, out, args)
+
+
+def _warn_nonfinite(inputs, out, args) -> None:
+    """One stderr line when the result holds NaN/Inf (Caffe would propagate them silently): which
+    output, and which input already had them."""
+    import sys
+
+    import numpy as np
+
+    bad_out = [k for k, v in out.items() if k.startswith(("loss", "blob/")) and v.dtype.kind == "f"
+               and not np.isfinite(v).all()]
+    if not bad_out:
+        return
+    bad_in = [f"{n} ({int((~np.isfinite(np.asarray(a, np.float64))).sum())} values)" for n, a in inputs.items()
+              if not np.isfinite(np.asarray(a, np.float64)).all()]
+    cause = f"; {args.inputs} has NaN/Inf in input {', '.join(bad_in)}" if bad_in else ""
+    print(f"rll-repro forward: warning: {len(bad_out)} arrays hold NaN or Inf, first {bad_out[0]!r}{cause}",
+          file=sys.stderr)
     return 0
