@@ -88,3 +88,18 @@ def test_outputs_argument_writes_only_the_layers_needed(every_rule):
     generated = generate(net, outputs=["sig"])
     assert set(generated.attributes.values()) == {"conv", "sig"}
     assert generated.outputs == ["sig"]
+
+
+def test_a_net_whose_shapes_fix_the_batch_is_traced_at_its_declared_batch(tmp_path):
+    """Reshape to explicit dims (2, 3, 1) cannot trace one sample: the export traces the declared 2."""
+    from rll_repro.net import Net
+
+    path = tmp_path / "net.prototxt"
+    path.write_text('layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 } } }\n'
+                    'layer { name: "r" type: "Reshape" bottom: "data" top: "r" '
+                    'reshape_param { shape { dim: 2 dim: 3 dim: 1 } } }\n')
+    net = Net(path, phase="test")
+    generated = generate(net)
+    x = {"data": np.arange(6, dtype=np.float32).reshape(2, 3)}
+    out = run_onnx(onnx_bytes_or_skip(generated), x)["r"]
+    np.testing.assert_array_equal(out, x["data"].reshape(2, 3, 1))

@@ -42,28 +42,28 @@ def to_onnx_bytes(generated: GeneratedModule, dynamic_batch: bool = True, opset:
     model = instantiate(generated)
     _freeze_batchnorm_statistics(model)
     declared = [tuple(generated.input_shapes[n]) for n in generated.inputs]
-    # with a dynamic batch axis one sample is enough to trace (the SOP deploy net declares 10 at 227 px)
-    example = tuple(torch.zeros((1,) + s[1:] if dynamic_batch and s else s) for s in declared)
-    try:
-        with torch.no_grad():
-            model(*example)
-    except RuntimeError:  # a net whose shapes fix the batch (a Reshape to explicit dims): trace as declared
-        example = tuple(torch.zeros(s) for s in declared)
-    # the same tensor returned twice (a Split top and its twin) would give one value two names
     outputs = list(generated.outputs)
     axes = {n: {0: "batch"} for n in list(generated.inputs) + outputs} if dynamic_batch else None
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the legacy exporter's deprecation and tracer notes
-        torch.onnx.export(
-            model, example, buffer, dynamo=False, input_names=list(generated.inputs), output_names=outputs,
-            dynamic_axes=axes, opset_version=opset,
-            # EVAL would let the exporter fold BatchNorm into the Conv before it (its "eval peephole");
-            # the module is in eval mode, so PRESERVE exports the same inference graph, unfused
-            training=torch.onnx.TrainingMode.PRESERVE,
-            do_constant_folding=False,  # keeps the initializers named after the state_dict
-        )
-    proto = onnx.load_from_string(buffer.getvalue())
+
+    def trace(shapes) -> bytes:
+        buffer = io.BytesIO()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the legacy exporter's deprecation and tracer notes
+            torch.onnx.export(
+                model, tuple(torch.zeros(s) for s in shapes), buffer, dynamo=False,
+                input_names=list(generated.inputs), output_names=outputs, dynamic_axes=axes, opset_version=opset,
+                # EVAL would let the exporter fold BatchNorm into the Conv before it (its "eval
+                # peephole"); the module is in eval mode, so PRESERVE exports the same graph, unfused
+                training=torch.onnx.TrainingMode.PRESERVE,
+                do_constant_folding=False,  # keeps the initializers named after the state_dict
+            )
+        return buffer.getvalue()
+
+    try:  # with a dynamic batch axis one sample is enough (the SOP deploy net declares 10 at 227 px)
+        data = trace([(1,) + s[1:] if dynamic_batch and s else s for s in declared])
+    except RuntimeError:  # shapes that fix the batch (a Reshape to explicit dims): trace as declared
+        data = trace(declared)
+    proto = onnx.load_from_string(data)
     _caffe_names(proto, generated)
     return proto.SerializeToString()
 
@@ -84,44 +84,42 @@ def _freeze_batchnorm_statistics(model) -> None:
 def _caffe_names(proto, generated: GeneratedModule) -> None:
     """Rename nodes after their Caffe layer and the values they produce after the Caffe tops."""
     graph = proto.graph
-    scope_nodes: dict[str, list] = {}
-    for node in graph.node:
+    scope_nodes: dict[str, list[int]] = {}  # attribute -> indices of its nodes ("/<attr>/<Op>")
+    scope_of: dict[int, str] = {}
+    for k, node in enumerate(graph.node):
         parts = node.name.split("/")
         attr = parts[1] if len(parts) > 2 and parts[0] == "" else None
         if attr in generated.attributes:
-            scope_nodes.setdefault(attr, []).append(node)
+            scope_nodes.setdefault(attr, []).append(k)
+            scope_of[k] = attr
+    consumers: dict[str, set[str | None]] = {}  # value -> scopes of the nodes reading it
+    for k, node in enumerate(graph.node):
+        for value in node.input:
+            consumers.setdefault(value, set()).add(scope_of.get(k))
     protected = {v.name for v in graph.input} | {v.name for v in graph.output}
-    # the order in which layers write each blob (in-place versions)
-    writers: dict[str, list[str]] = {}
+    writers: dict[str, list[str]] = {}  # blob -> attributes writing it, in order (in-place versions)
     for attr, tops in generated.tops.items():
         for t in tops:
             writers.setdefault(t, []).append(attr)
     rename: dict[str, str] = {}
     used = {init.name for init in graph.initializer} | protected
-    for attr, nodes in scope_nodes.items():
+    for attr, indices in scope_nodes.items():
         layer = generated.attributes[attr]
-        inside = {o for n in nodes for o in n.output}
+        nodes = [graph.node[k] for k in indices]
         for k, node in enumerate(nodes):
             node.name = layer if k == len(nodes) - 1 else f"{layer}/{node.op_type}_{k}"
-        # the values this layer hands to other layers (or the graph), in production order
-        consumed_outside = set(protected)
-        for node in graph.node:
-            if node not in nodes:
-                consumed_outside.update(i for i in node.input if i in inside)
-        produced = [o for n in nodes if n.op_type != "Constant" for o in n.output if o in consumed_outside]
+        # the values this layer hands to other layers (or to the graph), in production order
+        produced = [o for n in nodes if n.op_type != "Constant" for o in n.output
+                    if o in protected or consumers.get(o, set()) - {attr}]
         tops = generated.tops.get(attr, [])
-        if len(produced) != len(tops) or len(tops) == 0:
+        if len(produced) != len(tops) or not tops:
             continue
         for value, top in zip(produced, tops):
-            if value in protected:
-                continue
             name = top if writers[top][-1] == attr else f"{top}@{layer}"
-            if name in used:
+            if value in protected or name in used:
                 continue
             used.add(name)
             rename[value] = name
-    if not rename:
-        return
     for node in graph.node:
         node.input[:] = [rename.get(i, i) for i in node.input]
         node.output[:] = [rename.get(o, o) for o in node.output]
