@@ -240,8 +240,7 @@ def train(setting, inputs: Inputs, out, *, max_iter: int | None = None, extra_sa
     end iteration, log, environment). history.json and curves.png hold the whole run."""
     from rll_repro import recipes
     from rll_repro.solver import get_solver
-    from rll_repro.train import Schedule, latest_snapshot, run_training
-    from rll_repro.trainlog import GlogWriter, plot_curves
+    from rll_repro.train import Schedule, latest_snapshot, run_session
 
     out = Path(out)
     prefix = snapshot_prefix(out)
@@ -254,19 +253,11 @@ def train(setting, inputs: Inputs, out, *, max_iter: int | None = None, extra_sa
                         save_interval=setting.save_interval, snapshot_prefix=str(prefix),
                         extra_saves=frozenset(int(i) for i in extra_saves))
     latest = latest_snapshot(prefix)
-    with GlogWriter(out / "train.log", echo=echo) as log:
-        if latest is not None:
-            log.info(f"Resuming from {latest}", source="solver.cpp:442")
-            solver.restore(latest)
-        elif inputs.weights is not None:
-            log.info(f"Copying weights from {inputs.weights}", source="net.cpp:copy_from")
-            solver.net.copy_from(str(inputs.weights))
-        history = run_training(solver, source, schedule, log, progress=progress,
-                               history_path=out / "history.json", resumed_from=latest)
-    if history.iterations:  # the whole run (every resumed session), redrawn even if nothing was left to do
-        plot_curves(history.iterations, history.losses, history.rates, out / "curves.png", title=setting.name)
+    history, run_log = run_session(solver, source, schedule, out, resume=latest,
+                                   weights=inputs.weights if latest is None else None,
+                                   echo=echo, progress=progress, title=setting.name)
     return {"iter": solver.iter, "resumed_from": str(latest) if latest else None, "snapshots": history.snapshots,
-            "log": log.run_path.name, "environment": history.segments[-1]["environment"],
+            "log": run_log.name if run_log else None, "environment": history.segments[-1]["environment"],
             "segments": history.segments}
 
 

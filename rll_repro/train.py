@@ -383,6 +383,36 @@ def run_training(solver, source: BatchSource | None, schedule: Schedule, log=Non
     return history
 
 
+def run_session(solver, source: BatchSource | None, schedule: Schedule, out, *, weights=None, resume=None,
+                echo: bool = False, progress: bool | None = None, title: str | None = None,
+                on_snapshot: Callable[["History"], None] | None = None) -> tuple["History", Path | None]:
+    """One training session as ``caffe train`` runs it, the one set-up every entry point uses (the
+    ``train`` verb, ``reproduce``, the digits recipe): a log of its own in ``out`` (``train.log``
+    pointing at it), either a solverstate restored (``resume``: iteration, history, weights, the
+    sampler through its state hook) or ``weights`` copied by layer name (Caffe's "Ignoring source
+    layer X" logged for each layer the net lacks), :func:`run_training` to ``schedule.max_iter``, and
+    ``history.json`` + ``curves.png`` of the whole run. Returns (history, this start's log file)."""
+    from rll_repro.trainlog import GlogWriter, plot_curves
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with GlogWriter(out / "train.log", echo=echo) as log:
+        if source is not None:  # before restore, so the side file restores the sampler too
+            solver.state_hooks["batch_source"] = (source.state_dict, source.load_state_dict)
+        if resume is not None:
+            log.info(f"Resuming from {resume}", source="solver.cpp:442")
+            solver.restore(resume)
+        elif weights is not None:
+            log.info(f"Copying weights from {weights}", source="net.cpp:758")
+            for name in solver.net.copy_from(str(weights)) or []:
+                log.info(f"Ignoring source layer {name}", source="net.cpp:768")
+        history = run_training(solver, source, schedule, log, progress=progress, on_snapshot=on_snapshot,
+                               history_path=out / "history.json", resumed_from=resume)
+    if history.iterations:  # the whole run (every resumed session), redrawn even if nothing was left to do
+        plot_curves(history.iterations, history.losses, history.rates, out / "curves.png", title=title or "")
+    return history, log.run_path
+
+
 def _report_progress(bar: Progress, log) -> None:
     """The progress line: into the log (echoed with it), and on stderr off a terminal unless the
     log already echoes it there."""

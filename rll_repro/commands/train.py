@@ -135,8 +135,7 @@ def run(args) -> int:
     from pathlib import Path
 
     from rll_repro.solver import get_solver
-    from rll_repro.train import Schedule, configure_threads, run_training
-    from rll_repro.trainlog import GlogWriter, plot_curves
+    from rll_repro.train import Schedule, configure_threads, run_session
 
     configure_threads(args.threads)
     if args.weights and args.snapshot:
@@ -154,8 +153,6 @@ def run(args) -> int:
     device = device_from_args(args)  # numerics (--fast) always; the device itself only when given,
     solver = get_solver(args.solver, device=device if args.device else None)  # else solver_mode decides
     source, defaults = _batch_source(args, solver)
-    if args.weights:
-        solver.net.copy_from(args.weights)
     prefix = str(out / (Path(solver.param.snapshot_prefix).name if solver.param.snapshot_prefix else "checkpoint"))
     schedule = Schedule(
         max_iter=args.max_iter if args.max_iter is not None else defaults.get("max_iter", int(solver.param.max_iter)),
@@ -165,18 +162,11 @@ def run(args) -> int:
         snapshot_prefix=prefix,
     )
     off_terminal = not sys.stderr.isatty()
-    with GlogWriter(out / "train.log", echo=not args.quiet and off_terminal) as log:
-        if source is not None:  # before restore, so the side file restores the sampler too
-            solver.state_hooks["batch_source"] = (source.state_dict, source.load_state_dict)
-        if args.snapshot:
-            log.info(f"Resuming from {args.snapshot}", source="solver.cpp:442")
-            solver.restore(args.snapshot)
-        history = run_training(solver, source, schedule, log, progress=False if args.quiet and off_terminal else None,
-                               history_path=out / "history.json", resumed_from=args.snapshot)
-    if history.iterations:  # the whole run, earlier segments of a resumed run included
-        plot_curves(history.iterations, history.losses, history.rates, out / "curves.png",
-                    title=Path(args.solver).name)
+    history, run_log = run_session(solver, source, schedule, out, weights=args.weights, resume=args.snapshot,
+                                   echo=not args.quiet and off_terminal,
+                                   progress=False if args.quiet and off_terminal else None,
+                                   title=Path(args.solver).name)
     last = history.losses[-1] if history.losses else float("nan")
-    print(f"trained to iteration {solver.iter}, last loss {last:.6g}; log {log.run_path} (train.log), "
+    print(f"trained to iteration {solver.iter}, last loss {last:.6g}; log {run_log} (train.log), "
           f"curves {out / 'curves.png'}, snapshots {', '.join(Path(s).name for s in history.snapshots) or 'none'}")
     return 0

@@ -140,8 +140,7 @@ def run(out_dir, *, max_iter: int | None = None, seed: int = SEED, echo_log: boo
     import torch
 
     from rll_repro.solver import get_solver
-    from rll_repro.train import Schedule, run_training
-    from rll_repro.trainlog import GlogWriter, plot_curves
+    from rll_repro.train import Schedule, run_session
 
     if max_iter is not None and int(max_iter) < 0:
         from rll_repro.errors import DataError
@@ -153,18 +152,15 @@ def run(out_dir, *, max_iter: int | None = None, seed: int = SEED, echo_log: boo
     data = load()
     source = DigitsBatchSource(data, seed)
     solver = get_solver(str(prototxt("solver")))
-    if weights:
-        solver.net.copy_from(str(weights))
     iters = int(max_iter if max_iter is not None else solver.param.max_iter)
     schedule = Schedule(max_iter=iters, output_interval=20, save_start=None, save_interval=None,
                         snapshot_prefix=str(out / "digits"), snapshot_at_end=True)
-    with GlogWriter(out / "train.log", echo=echo_log) as log:
-        history = run_training(solver, source, schedule, log, progress=progress)
+    history, _ = run_session(solver, source, schedule, out, weights=weights or None, echo=echo_log,
+                             progress=progress, title="RLL on digits")
     model = out / f"digits_iter_{solver.iter}.caffemodel"
     if not model.exists():  # nothing trained (max_iter 0): Caffe's Solve still snapshots at the end
         history.snapshots.append(solver.snapshot(str(out / "digits"))[1])
-    history.save_json(out / "history.json")
-    plot_curves(history.iterations, history.losses, history.rates, out / "curves.png", title="RLL on digits")
+        history.save_json(out / "history.json")
     from rll_repro.fileio import atomic_save_npy
 
     test_images = data.images[data.test_index]
