@@ -385,12 +385,13 @@ def run_training(solver, source: BatchSource | None, schedule: Schedule, log=Non
 
 def run_session(solver, source: BatchSource | None, schedule: Schedule, out, *, weights=None, resume=None,
                 echo: bool = False, progress: bool | None = None, title: str | None = None,
-                on_snapshot: Callable[["History"], None] | None = None) -> tuple["History", Path | None]:
+                allow_no_match: bool = False, on_snapshot: Callable[["History"], None] | None = None) -> tuple["History", Path | None]:
     """One training session as ``caffe train`` runs it, the one set-up every entry point uses (the
     ``train`` verb, ``reproduce``, the digits recipe): a log of its own in ``out`` (``train.log``
     pointing at it), either a solverstate restored (``resume``: iteration, history, weights, the
     sampler through its state hook) or ``weights`` copied by layer name (Caffe's "Ignoring source
-    layer X" logged for each layer the net lacks), :func:`run_training` to ``schedule.max_iter``, and
+    layer X" logged for each layer the net lacks; a file of which no layer matches is an error unless
+    ``allow_no_match``), :func:`run_training` to ``schedule.max_iter``, and
     ``history.json`` + ``curves.png`` of the whole run. Returns (history, this start's log file)."""
     from rll_repro.trainlog import GlogWriter, plot_curves
 
@@ -404,7 +405,7 @@ def run_session(solver, source: BatchSource | None, schedule: Schedule, out, *, 
             solver.restore(resume)
         elif weights is not None:
             log.info(f"Copying weights from {weights}", source="net.cpp:758")
-            for name in solver.net.copy_from(str(weights)) or []:
+            for name in solver.net.copy_from(str(weights), allow_no_match=allow_no_match) or []:
                 log.info(f"Ignoring source layer {name}", source="net.cpp:768")
         history = run_training(solver, source, schedule, log, progress=progress, on_snapshot=on_snapshot,
                                history_path=out / "history.json", resumed_from=resume)

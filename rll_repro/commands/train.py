@@ -47,6 +47,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--solver", required=True, help="solver prototxt")
     parser.add_argument("--weights", help="caffemodel to initialise from (copy by layer name)")
     parser.add_argument("--snapshot", help="solverstate to resume from")
+    parser.add_argument("--allow-no-match", action="store_true",
+                        help="accept --weights of which no layer name matches the net (Caffe trains from the "
+                        "fillers then; here it is an error by default)")
     parser.add_argument("--data", help="batch source: digits, a paper setting name, or none (default: the setting "
                         "whose solver is --solver, e.g. digits for prototxt/digits/solver.prototxt)")
     parser.add_argument("--list", dest="data_list", help="training list .mat for a paper setting")
@@ -165,7 +168,7 @@ def run(args) -> int:
     history, run_log = run_session(solver, source, schedule, out, weights=args.weights, resume=args.snapshot,
                                    echo=not args.quiet and off_terminal,
                                    progress=False if args.quiet and off_terminal else None,
-                                   title=Path(args.solver).name)
+                                   title=Path(args.solver).name, allow_no_match=args.allow_no_match)
     last = history.losses[-1] if history.losses else float("nan")
     print(f"trained to iteration {solver.iter}, last loss {last:.6g}; log {run_log} (train.log), "
           f"curves {out / 'curves.png'}, snapshots {', '.join(Path(s).name for s in history.snapshots) or 'none'}")
