@@ -529,7 +529,6 @@ def _batchnorm(g, i, name, lp, layer, bottoms, tops, args):
         k = fold
         sc_name = g.layer_names[k]
         attr = g.new_attr(name, ctor, g.tops[sc_name])
-        g.attributes[attr] = name
         g.assign(g.tops[sc_name], bottoms, f"self.{attr}({args})", f"{name} (BatchNorm) + {sc_name} (Scale), folded")
         g.var.setdefault(tops[0], g.var[g.tops[sc_name][0]])
         g.folded[k] = attr
