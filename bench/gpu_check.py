@@ -117,7 +117,6 @@ def speed_table(device: str, batch: int, iters: int) -> list[tuple[str, float]]:
             bench_net.plain_loss(plain(x, labels) if _takes_labels(plain) else plain(x), labels).backward()
 
         rows.append((f"plain PyTorch module, {mode}", batch / _time(run_plain, iters, device)))
-        del net, plain
     set_numerics(fast=False)
     return rows
 

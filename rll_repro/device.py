@@ -66,7 +66,7 @@ def resolve_device(device=None) -> torch.device:
         return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     try:
         dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
+    except (RuntimeError, TypeError):
         raise DeviceError(f"unknown device {device!r} (expected {DEVICE_HELP})") from None
     if dev.type == "cuda" and not _fake_mode_active():
         if not torch.cuda.is_available():

@@ -29,14 +29,12 @@ from pathlib import Path
 import numpy as np
 
 from rll_repro.errors import DataError
+from rll_repro.eval.protocols import LPW_PROBE, PROTOCOLS, RETRIEVAL, VIDEO
 from rll_repro.train import LoaderBatchSource
 
 SNAPSHOT_DIR = "checkpoints1"      # the RLL scripts' folder name
 SNAPSHOT_NAME = "checkpoint"       # checkpoint_iter_<N>.caffemodel
-RETRIEVAL = ("sop", "inshop", "cars", "cub")
-VIDEO = ("mars", "lpw")
-SUPPORTED_PROTOCOLS = (*RETRIEVAL, "market", *VIDEO)
-LPW_PROBE = 756                    # LPW: the first 756 test tracklets (camera 2) are the probes
+SUPPORTED_PROTOCOLS = PROTOCOLS
 REFERENCE_CROP = 227               # the RLL transforms: resize to 256, crop 227
 
 
@@ -300,68 +298,27 @@ def evaluate_checkpoint(setting, deploy, model, inputs: Inputs, *, batch_size: i
                         workers: int = 0) -> dict:
     """Metrics (percent) of one checkpoint through one deploy net under the setting's protocol."""
     from rll_repro import recipes
-    from rll_repro.data import loader
-    from rll_repro.eval import metrics
-    from rll_repro.eval.extract import extract_features
+    from rll_repro.eval.protocols import evaluate_protocol
     from rll_repro.net import Net
 
     net = Net(str(recipes.path(deploy.file.path)), weights=str(model), phase="test")
-    batch = int(batch_size or deploy.batch_size)
-    blobs = [deploy.feature_blob]
-    transform = test_transform(setting)
-
-    def features(image_list, desc):
-        t = None if image_list.images is not None else transform
-        batches = loader.make_test_loader(image_list, t, batch_size=batch, num_workers=workers)
-        return extract_features(net, batches, blobs, total=len(image_list), desc=desc)
-
     protocol = setting.eval_protocol
     if protocol in RETRIEVAL:
-        lst = test_list(setting, inputs)
-        feats = features(lst, f"{deploy.name} extract")
-        labels = np.asarray(lst.class_ids).reshape(-1)
-        if protocol == "inshop":
-            if lst.n_query is None:
-                raise DataError(f"{inputs.test_list}: not an In-shop eval list (no query/gallery split)")
-            q = np.arange(len(labels)) < lst.n_query
-            ks = [k for k in setting.recall_ks if k <= int((~q).sum())]
-            result = metrics.recall_query_gallery(feats[q], labels[q], feats[~q], labels[~q], ks)
-        else:
-            ks = [k for k in setting.recall_ks if k <= len(labels) - 1]
-            result = metrics.recall_at_k(feats, labels, ks)
-        meta = {"items": int(feats.shape[0]), "dims": int(feats.shape[1])}
-        if protocol == "inshop":
-            meta.update(queries=int(q.sum()), gallery=int((~q).sum()))
-    elif protocol in VIDEO:  # tracklet feature = mean of its frames' features
-        tr = tracklets(inputs.test_list, inputs.data_root, "test")
-        flat = [p for f in tr.frames for p in f]
-        owner = np.repeat(np.arange(len(tr.frames)), [len(f) for f in tr.frames])
-        src = loader.resolve_source({"paths": flat, "class_ids": np.ones(len(flat), np.int64)})
-        feats = metrics.tracklet_features(features(src, f"{deploy.name} frames"), owner)
-        if protocol == "mars":
-            if tr.cameras is None:
-                raise DataError(f"{inputs.test_list}: no test_cameras (MARS needs cameras)")
-            from rll_repro.data.lists import load_query_idx
+        test = test_list(setting, inputs)
+    elif protocol in VIDEO:
+        test = tracklets(inputs.test_list, inputs.data_root, "test")
+    else:
+        test = market_evaluation(inputs)
+    query_idx = None
+    if protocol == "mars":
+        from rll_repro.data.lists import load_query_idx
 
-            result = metrics.mars(feats, tr.labels, tr.cameras, load_query_idx(inputs.query_idx))
-        else:
-            result = metrics.lpw(feats, tr.labels, n_probe=LPW_PROBE)
-        meta = {"tracklets": int(len(feats)), "dims": int(feats.shape[1])}
-    else:  # market
-        ev = market_evaluation(inputs)
-
-        def source(paths):
-            return loader.resolve_source({"paths": list(paths), "class_ids": np.ones(len(paths), np.int64)})
-
-        qf = features(source(ev.query_paths), "query")
-        gf = features(source(ev.test_paths), "gallery")
-        flat = [p for m in ev.multi_query_paths for p in m]
-        mf = features(source(flat), "multi-query")
-        bounds = np.cumsum([0] + [len(m) for m in ev.multi_query_paths])
-        multi = [mf[bounds[i]:bounds[i + 1]] for i in range(len(ev.multi_query_paths))]
-        result = metrics.market1501(qf, ev.query_ids, ev.query_cams, gf, ev.test_ids, ev.test_cams,
-                                    multi_query=multi)
-        meta = {"queries": int(len(qf)), "gallery": int(len(gf))}
+        query_idx = load_query_idx(inputs.query_idx)
+    out = evaluate_protocol(net, protocol, test, transform=test_transform(setting), blobs=[deploy.feature_blob],
+                            batch_size=int(batch_size or deploy.batch_size), workers=workers,
+                            recall_ks=setting.recall_ks, query_idx=query_idx, n_probe=LPW_PROBE,
+                            desc=f"{deploy.name} ")
+    result, meta = out.metrics, out.meta
     result = {k: float(v) for k, v in result.items()}
     result["_meta"] = {"setting": setting.name, "deploy": deploy.name, "net": deploy.file.path,
                        "model": str(model), "protocol": protocol, "units": "percent", **meta}

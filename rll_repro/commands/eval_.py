@@ -76,23 +76,9 @@ def _transform(args, transforms):
             "osm": transforms.osm_offline_transform}[name]
 
 
-def _extract_list(net, image_list, transform, args, blobs, desc):
-    from rll_repro.data import loader
-    from rll_repro.eval.extract import extract_features
-
-    use_boxes = getattr(image_list, "boxes", None) is not None and transform is not None \
-        and (args.preprocess or PREPROCESS[args.protocol]) == "osm"  # OSM bbox lists: crop, then resize
-    batches = loader.make_test_loader(image_list, transform, batch_size=args.batch_size, data_root=None,
-                                      use_boxes=use_boxes)
-    return extract_features(net, batches, blobs, total=len(image_list), desc=desc)
-
-
 def run(args) -> int:
-    import numpy as np
-
     from rll_repro.commands.eval_features import evaluate_arrays, print_results, write_results
     from rll_repro.errors import DataError
-    from rll_repro.eval import metrics
     from rll_repro.eval.extract import save_features
     from rll_repro.net import Net
 
@@ -110,54 +96,31 @@ def run(args) -> int:
     net = Net(args.net, weights=args.weights, phase="test", device=device_from_args(args))
     meta = {"net": str(args.net), "weights": str(args.weights), "list": str(args.list), "blobs": blobs}
 
-    if args.protocol in ("sop", "cub", "cars", "inshop"):
-        image_list = loader.resolve_source(args.list, args.data_root, args.strip_prefix)
-        transform = None if image_list.images is not None else _transform(args, transforms)
-        feats = _extract_list(net, image_list, transform, args, blobs, "extract")
-        labels = np.asarray(image_list.class_ids).reshape(-1)
-        args._query_mask_array = None
-        if args.protocol == "inshop":
-            if image_list.n_query is None:
-                raise DataError(f"{args.list}: not an In-shop eval list (no query/gallery split)")
-            args._query_mask_array = np.arange(len(labels)) < image_list.n_query
-        if args.save_features:
-            save_features(args.save_features, feats, labels)
-        results = evaluate_arrays(feats, labels, args, meta)
-    elif args.protocol == "market":
-        ev = lists.load_market_evaluation(args.list, data_root=args.data_root, strip_prefix=args.strip_prefix)
-        t = _transform(args, transforms)
-        def source(paths):  # labels are not used by the re-id rules (ids/cameras are)
-            return loader.resolve_source({"paths": paths, "class_ids": np.ones(len(paths), np.int64)})
+    from rll_repro.eval.protocols import RETRIEVAL, evaluate_protocol
 
-        q = _extract_list(net, source(ev.query_paths), t, args, blobs, "query")
-        g = _extract_list(net, source(ev.test_paths), t, args, blobs, "gallery")
-        flat = [p for m in ev.multi_query_paths for p in m]
-        mq = _extract_list(net, source(flat), t, args, blobs, "multi-query")
-        bounds = np.cumsum([0] + [len(m) for m in ev.multi_query_paths])
-        multi = [mq[bounds[i]:bounds[i + 1]] for i in range(len(ev.multi_query_paths))]
-        if args.save_features:
-            save_features(args.save_features, np.concatenate([q, g]), None)
-        results = metrics.market1501(q, ev.query_ids, ev.query_cams, g, ev.test_ids, ev.test_cams,
-                                     multi_query=multi)
-        results["_meta"] = {"protocol": "market", "queries": len(q), "gallery": len(g), **meta}
-    else:  # mars, lpw: tracklet feature = mean of frame features
-        tr = lists.load_tracklets(args.list, "test", data_root=args.data_root, strip_prefix=args.strip_prefix)
-        flat = [p for frames in tr.frames for p in frames]
-        owner = np.repeat(np.arange(len(tr.frames)), [len(f) for f in tr.frames])
-        src = loader.resolve_source({"paths": flat, "class_ids": np.ones(len(flat), np.int64)})
-        frames = _extract_list(net, src, _transform(args, transforms), args, blobs, "frames")
-        feats = metrics.tracklet_features(frames, owner)
-        if args.save_features:
-            save_features(args.save_features, feats, tr.labels)
-        if args.protocol == "mars":
-            if not args.query_idx:
-                raise DataError("--protocol mars needs --query-idx query_IDX.mat")
-            if tr.cameras is None:
-                raise DataError(f"{args.list}: no test_cameras (MARS needs cameras)")
-            results = metrics.mars(feats, tr.labels, tr.cameras, lists.load_query_idx(args.query_idx))
-        else:
-            results = metrics.lpw(feats, tr.labels, n_probe=args.n_probe)
-        results["_meta"] = {"protocol": args.protocol, "tracklets": len(feats), **meta}
+    if args.protocol in RETRIEVAL:
+        test = loader.resolve_source(args.list, args.data_root, args.strip_prefix)
+    elif args.protocol == "market":
+        test = lists.load_market_evaluation(args.list, data_root=args.data_root, strip_prefix=args.strip_prefix)
+    else:
+        test = lists.load_tracklets(args.list, "test", data_root=args.data_root, strip_prefix=args.strip_prefix)
+        if args.protocol == "mars" and not args.query_idx:
+            raise DataError("--protocol mars needs --query-idx query_IDX.mat")
+    use_boxes = getattr(test, "boxes", None) is not None and (args.preprocess or PREPROCESS[args.protocol]) == "osm"
+
+    def score_retrieval(feats, labels, query_mask):  # the verb's scorer: Recall@K (+ NMI/F1 with --nmi)
+        args._query_mask_array = query_mask
+        return evaluate_arrays(feats, labels, args, meta)
+
+    out = evaluate_protocol(net, args.protocol, test, transform=_transform(args, transforms), blobs=blobs,
+                            batch_size=args.batch_size, use_boxes=use_boxes, n_probe=args.n_probe,
+                            query_idx=lists.load_query_idx(args.query_idx) if args.protocol == "mars" else None,
+                            score_retrieval=score_retrieval)
+    if args.save_features:
+        save_features(args.save_features, out.features, out.labels)
+    results = out.metrics
+    if args.protocol not in RETRIEVAL:
+        results["_meta"] = {"protocol": args.protocol, **out.meta, **meta}
     write_results(args.out, results)
     print_results(results)
     return 0
