@@ -152,6 +152,7 @@ def first_hit_ranks(query: np.ndarray, q_labels, gallery: np.ndarray | None = No
 
 SYMMETRIC_TILE_COLS = 8192  # columns per similarity tile of the symmetric path (b x 8192 float32)
 SYMMETRIC_MIN_ROWS = 64  # rows (and columns) per product at least: tiny ones go to other BLAS kernels
+BAND_ROWS = 512  # rows per product of pass 1 (few calls: small multi-threaded products suffer under load)
 
 
 def _even_bounds(start: int, stop: int, size: int) -> list[tuple[int, int]]:
@@ -164,19 +165,20 @@ def _even_bounds(start: int, stop: int, size: int) -> list[tuple[int, int]]:
 def _symmetric_ranks(X: np.ndarray, labels: np.ndarray, block_rows: int, progress) -> np.ndarray:
     """:func:`first_hit_ranks` of X against itself, self excluded, each pair's similarity computed once.
 
-    The items are put in label order (a stable permutation), so every row block's positives lie in a
-    band of columns around its diagonal block. Pass 1 computes those bands only and finds each row's
-    best positive (similarity s_p, lowest original index p among equals, how many positives tie at
-    it). Pass 2 walks the staircase of blocks (rows r0:r1, columns r0:n) once: every off-diagonal
-    block counts, for its rows and (transposed) for its columns, how many similarities are > s_p and
-    >= s_p; the diagonal block counts for its rows only. rank = #(> s_p) + #(j < p, s_j == s_p); the
-    second term can only be nonzero in rows where more items tie at s_p than positives do, and those
-    rows (rare outside synthetic data) are recomputed in original order. Identical to the plain path
-    because the similarity of (i, j) is the same float32 number wherever the matmul computes it
-    (s_ij == s_ji: BLAS sgemm sums each entry's products in one order). That holds for matrix
-    products, not for the matrix-vector kernels BLAS switches to for a single row or column, so every
-    product here has at least ``SYMMETRIC_MIN_ROWS`` rows and columns (blocks and tiles are cut
-    evenly; rows to recompute are padded). tests/test_eval_knn.py compares both paths.
+    The items are put in label order (a stable permutation), so the positives of every row lie in a
+    narrow band around the diagonal. Pass 1 computes that band only (products of 512-row slices with
+    the columns of their classes) and finds each row's best positive: similarity s_p, lowest original
+    index p among equals, how many positives tie at it. Pass 2 walks the staircase of blocks (rows
+    r0:r1, columns r0:n) once, positives (and self) masked out: every block counts, for its rows
+    and (transposed, beyond the diagonal block) for its columns, how many similarities are > s_p
+    and >= s_p. rank = #(> s_p) + #(j < p, s_j == s_p); the second term is nonzero only in rows where
+    some non-positive ties with s_p, and those rows (rare outside synthetic data) are recomputed in
+    original order. The result equals the plain path's because the similarity of (i, j) is the same
+    float32 number wherever a matrix product computes it (s_ij == s_ji: BLAS sgemm sums an entry's
+    products in one order). That holds for matrix products, not for the matrix-vector kernels BLAS
+    switches to for a single row or column, so every product here has at least
+    ``SYMMETRIC_MIN_ROWS`` // 2 rows and columns (even cuts; rows to recompute are padded).
+    tests/test_eval_knn.py compares both paths.
     """
     torch = _torch()
     n = X.shape[0]
@@ -190,8 +192,7 @@ def _symmetric_ranks(X: np.ndarray, labels: np.ndarray, block_rows: int, progres
     big = np.iinfo(np.int64).max
     best = np.full(n, -np.inf, dtype=np.float32)
     p = np.full(n, big, dtype=np.int64)
-    n_tied = np.zeros(n, dtype=np.int64)
-    for r0, r1 in blocks:  # pass 1: the bands of positives
+    for r0, r1 in _even_bounds(0, n, BAND_ROWS):  # pass 1: the band of positives
         lo, hi = int(first[r0]), int(last[r1 - 1])
         band = torch.mm(Xp[r0:r1], Xp[lo:hi].T).numpy()
         rows = np.arange(r1 - r0)
@@ -202,48 +203,87 @@ def _symmetric_ranks(X: np.ndarray, labels: np.ndarray, block_rows: int, progres
         best[r0:r1] = masked.max(axis=1)
         at_best = pos & (masked == best[r0:r1, None])
         p[r0:r1] = np.where(at_best, perm[lo:hi][None, :], big).min(axis=1)
-        n_tied[r0:r1] = at_best.sum(axis=1)
     has = np.isfinite(best)
-    thr = torch.from_numpy(np.where(has, best, np.float32(np.inf)).astype(np.float32))
-    greater = torch.zeros(n, dtype=torch.int64)
-    at_least = torch.zeros(n, dtype=torch.int64)
+    thr = np.where(has, best, np.float32(np.inf)).astype(np.float32)
+    greater = np.zeros(n, dtype=np.int64)  # non-positives above s_p
+    at_least = np.zeros(n, dtype=np.int64)  # non-positives at or above s_p
     width = max(SYMMETRIC_TILE_COLS, b)
     buf = torch.empty(b * width, dtype=torch.float32)
-    for r0, r1 in blocks:  # pass 2: the staircase, each block once
-        k = r1 - r0
-        t_rows = thr[r0:r1, None]
-        for c0, c1 in _even_bounds(r0, n, width):
-            s = buf[:k * (c1 - c0)].view(k, c1 - c0)
-            torch.mm(Xp[r0:r1], Xp[c0:c1].T, out=s)
-            if c0 < r1:  # the diagonal block: itself scores -inf (ranked last)
-                rows = torch.arange(k)
-                inside = (r0 + rows >= c0) & (r0 + rows < c1)
-                s[rows[inside], (r0 + rows - c0)[inside]] = float("-inf")
-            greater[r0:r1] += (s > t_rows).sum(1)
-            at_least[r0:r1] += (s >= t_rows).sum(1)
-            off = max(r1 - c0, 0)  # columns beyond the diagonal block: count for them too
-            if off < c1 - c0:
-                t_cols = thr[None, c0 + off:c1]
-                greater[c0 + off:c1] += (s[:, off:] > t_cols).sum(0)
-                at_least[c0 + off:c1] += (s[:, off:] >= t_cols).sum(0)
-        if progress is not None:
-            progress.update(k)
-    greater, at_least = greater.numpy(), at_least.numpy()
-    rank = greater.copy()
-    extra = np.flatnonzero(has & (at_least - greater > n_tied))  # ties at s_p beyond the tied positives
-    if extra.size:
+    mask = np.empty(b * width, dtype=np.bool_)
+    workers = max(1, min(torch.get_num_threads(), 8))
+    pool = ThreadPoolExecutor(workers) if workers > 1 else None
+    try:
+        for r0, r1 in blocks:  # pass 2: the staircase, each block once
+            k = r1 - r0
+            band_end = int(last[r1 - 1])  # positives of these rows (and they themselves) lie before it
+            for c0, c1 in _even_bounds(r0, n, width):
+                s = buf[:k * (c1 - c0)].view(k, c1 - c0)
+                torch.mm(Xp[r0:r1], Xp[c0:c1].T, out=s)
+                sn = s.numpy()
+                if c0 < band_end:  # mask the pairs of one class (pass 1 ranked them)
+                    cols = np.arange(c0, min(c1, band_end))
+                    same = (cols[None, :] >= first[r0:r1, None]) & (cols[None, :] < last[r0:r1, None])
+                    sn[:, :cols.size][same] = -np.inf
+                off = max(r1 - c0, 0)  # columns beyond the diagonal block count for their own rows too
+                g_rows, a_rows, g_cols, a_cols = _count_tile(pool, workers, sn, mask[:sn.size].reshape(sn.shape),
+                                                             thr[r0:r1], thr[c0 + off:c1], off)
+                greater[r0:r1] += g_rows
+                at_least[r0:r1] += a_rows
+                greater[c0 + off:c1] += g_cols
+                at_least[c0 + off:c1] += a_cols
+            if progress is not None:
+                progress.update(k)
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    rank = greater
+    tied = np.flatnonzero(has & (at_least > greater))  # a non-positive ties with s_p: index order decides
+    if tied.size:
         Xt = torch.from_numpy(np.ascontiguousarray(X))
         cols = np.arange(n)
-        for c0 in range(0, extra.size, b):
-            t = extra[c0:c0 + b]
+        for c0 in range(0, tied.size, b):
+            t = tied[c0:c0 + b]
             orig = perm[t]
             padded = np.resize(orig, max(t.size, min(SYMMETRIC_MIN_ROWS, n)))  # a matrix product, see above
             s = torch.mm(Xt[padded], Xt.T).numpy()[:t.size]
-            s[np.arange(t.size), orig] = -np.inf
-            rank[t] += ((s == best[t, None]) & (cols[None, :] < p[t, None])).sum(axis=1)
+            other = labels[None, :] != lab[t, None]
+            rank[t] += ((s == best[t, None]) & (cols[None, :] < p[t, None]) & other).sum(axis=1)
     ranks = np.empty(n, dtype=np.int64)
     ranks[perm] = np.where(has, rank, n - 1)  # no positive: self (last, same class) is the first hit
     return ranks
+
+
+def _count_tile(pool, workers, sn, mask, thr_rows, thr_cols, off):
+    """Per row of the tile ``sn``: #(> thr_rows), #(>= thr_rows); per column from ``off`` on: the same
+    against thr_cols. Row ranges go to the worker threads (numpy releases the GIL)."""
+    k = sn.shape[0]
+    bounds = np.linspace(0, k, min(workers, k) + 1).astype(np.int64)
+    t_rows, t_cols = thr_rows[:, None], thr_cols[None, :]
+    out = [None] * (len(bounds) - 1)
+
+    def work(i: int) -> None:
+        lo, hi = int(bounds[i]), int(bounds[i + 1])
+        sub, m = sn[lo:hi], mask[lo:hi]
+        counts = []
+        for compare in (np.greater, np.greater_equal):
+            compare(sub, t_rows[lo:hi], out=m)
+            counts.append(m.view(np.uint8).sum(axis=1, dtype=np.int32))
+        for compare in (np.greater, np.greater_equal):
+            mm = m[:, off:]
+            compare(sub[:, off:], t_cols, out=mm)
+            counts.append(mm.view(np.uint8).sum(axis=0, dtype=np.int32))
+        out[i] = counts
+
+    if pool is None or len(out) == 1:
+        for i in range(len(out)):
+            work(i)
+    else:
+        list(pool.map(work, range(len(out))))
+    g_rows = np.concatenate([c[0] for c in out])
+    a_rows = np.concatenate([c[1] for c in out])
+    g_cols = sum(c[2] for c in out)
+    a_cols = sum(c[3] for c in out)
+    return g_rows, a_rows, g_cols, a_cols
 
 
 def _similarity_block(Qt, Gt, sim, start: int, stop: int, exclude_self: bool):
