@@ -197,12 +197,17 @@ def make_train_loader(source, sampler, transform: Callable | None, *, data_root=
 
 def make_test_loader(source, transform: Callable | None, *, batch_size: int = 32, data_root=None,
                      strip_prefix: str | None = None, num_workers: int = 0, use_boxes: bool = False,
-                     check_images: bool = False) -> DataLoader:
-    """Test batches ``(data, labels, indices)`` in list order; the remainder batch comes last."""
+                     check_images: bool = False, rows=None) -> DataLoader:
+    """Test batches ``(data, labels, indices)`` in list order; the remainder batch comes last.
+    ``rows``: only these list positions (in this order), e.g. one process's share of the list."""
     image_list = resolve_source(source, data_root, strip_prefix)
     if check_images:
         image_list.check_images()
     dataset = ListDataset(image_list, transform, use_boxes=use_boxes)
+    if rows is not None:
+        from torch.utils.data import Subset
+
+        dataset = Subset(dataset, [int(r) for r in rows])
     kw = dict(worker_init_fn=_worker_init) if num_workers > 0 else {}
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                       collate_fn=collate, pin_memory=_pin_default(), **kw)

@@ -8,6 +8,9 @@ test image in list order (:func:`rll_repro.eval.extract.extract_features`), then
 - Market-1501: single-query and multi-query (mean of each query's frames) mAP/CMC with the camera rule;
 - video (MARS, LPW): a tracklet's feature is the mean of its frames' features, then MARS's query
   index and camera rule, or LPW's probe/gallery split.
+
+Under torchrun every rank extracts a contiguous share of each list and the shares are gathered in
+rank order, so the features (and the scores, computed by every rank) are the one-process ones.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ from typing import Callable
 import numpy as np
 
 from rll_repro.errors import DataError
+from rll_repro.net.parallel import world
 
 RETRIEVAL = ("sop", "cub", "cars", "inshop")
 VIDEO = ("mars", "lpw")
@@ -30,6 +34,15 @@ class ProtocolResult:
     features: np.ndarray
     labels: np.ndarray | None
     meta: dict = field(default_factory=dict)
+
+
+def _gather_rows(mine: np.ndarray) -> np.ndarray:
+    """Every rank's share of the features, in rank order (= list order: the shares are contiguous)."""
+    import torch.distributed as dist
+
+    parts = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, mine)
+    return np.concatenate(parts)
 
 
 def _retrieval_metrics(feats, labels, query_mask, ks) -> dict:
@@ -62,9 +75,13 @@ def evaluate_protocol(net, protocol: str, test, *, transform, blobs, batch_size:
 
     def features(image_list, what):
         t = None if getattr(image_list, "images", None) is not None else transform
+        rank, size = world()
+        rows = np.array_split(np.arange(len(image_list)), size)[rank] if size > 1 else None
         batches = loader.make_test_loader(image_list, t, batch_size=batch_size, num_workers=workers,
-                                          use_boxes=use_boxes)
-        return extract_features(net, batches, blobs, total=len(image_list), desc=f"{desc}{what}".strip())
+                                          use_boxes=use_boxes, rows=rows)
+        mine = extract_features(net, batches, blobs, total=len(image_list) if rows is None else len(rows),
+                                desc=f"{desc}{what}".strip())
+        return mine if rows is None else _gather_rows(mine)
 
     def paths(items):
         return loader.resolve_source({"paths": list(items), "class_ids": np.ones(len(items), np.int64)})
