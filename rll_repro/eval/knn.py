@@ -8,8 +8,9 @@ on the float32 similarities it computes, without ever holding the full n x n mat
 processed in blocks of ``block_rows`` (one ``block_rows x n`` float32 buffer, reused).
 
 * :func:`first_hit_ranks` -- the rank of the first same-class item of every query (all Recall@K need).
-  Per block: one matmul, a gather of the positives' similarities, one compare-and-count pass, and
-  a second one only over the rows whose first hit is not at rank 0.
+  Query x gallery, per block: one matmul, a gather of the positives' similarities, one pass counting
+  the items above and at-or-above them (cache-sized row chunks). Self-retrieval (SOP, CUB, Cars):
+  each block of X·Xᵀ computed once and counted for its rows and its columns (symmetry).
 * :func:`knn` -- the k nearest neighbours (blocked matmul + top-k), stable tie order.
 * :func:`stable_order_desc` -- the full stable ranking of a few rows (re-id protocols).
 """
@@ -139,10 +140,9 @@ def first_hit_ranks(query: np.ndarray, q_labels, gallery: np.ndarray | None = No
     sim = torch.empty(block_rows, ng, dtype=torch.float32)
     mask = np.empty((block_rows, ng), dtype=np.bool_)
     workers = max(1, min(torch.get_num_threads(), 8))
-    chunks = [np.empty((max(1, min(128, block_rows // 8)), ng), dtype=np.float32) for _ in range(workers)]
     pool = ThreadPoolExecutor(workers) if workers > 1 else None
     try:
-        _rank_blocks(Qt, Gt, ranks, sim, mask, chunks, pool, workers, positives, ql, gl, exclude_self,
+        _rank_blocks(Qt, Gt, ranks, sim, mask, pool, workers, positives, ql, gl, exclude_self,
                      block_rows, progress)
     finally:
         if pool is not None:
@@ -253,9 +253,13 @@ def _symmetric_ranks(X: np.ndarray, labels: np.ndarray, block_rows: int, progres
     return ranks
 
 
+COUNT_CHUNK_ROWS = 16  # rows compared at a time: their similarities stay in cache for every compare
+
+
 def _count_tile(pool, workers, sn, mask, thr_rows, thr_cols, off):
     """Per row of the tile ``sn``: #(> thr_rows), #(>= thr_rows); per column from ``off`` on: the same
-    against thr_cols. Row ranges go to the worker threads (numpy releases the GIL)."""
+    against thr_cols. Row ranges go to the worker threads (numpy releases the GIL), each in chunks of
+    ``COUNT_CHUNK_ROWS`` rows so that the four compares read memory once."""
     k = sn.shape[0]
     bounds = np.linspace(0, k, min(workers, k) + 1).astype(np.int64)
     t_rows, t_cols = thr_rows[:, None], thr_cols[None, :]
@@ -263,27 +267,27 @@ def _count_tile(pool, workers, sn, mask, thr_rows, thr_cols, off):
 
     def work(i: int) -> None:
         lo, hi = int(bounds[i]), int(bounds[i + 1])
-        sub, m = sn[lo:hi], mask[lo:hi]
-        counts = []
-        for compare in (np.greater, np.greater_equal):
-            compare(sub, t_rows[lo:hi], out=m)
-            counts.append(m.view(np.uint8).sum(axis=1, dtype=np.int32))
-        for compare in (np.greater, np.greater_equal):
+        g_rows, a_rows = np.empty(hi - lo, np.int64), np.empty(hi - lo, np.int64)
+        g_cols, a_cols = np.zeros(t_cols.shape[1], np.int64), np.zeros(t_cols.shape[1], np.int64)
+        for c in range(lo, hi, COUNT_CHUNK_ROWS):
+            e = min(c + COUNT_CHUNK_ROWS, hi)
+            sub, m = sn[c:e], mask[c:e]
+            for compare, dest in ((np.greater, g_rows), (np.greater_equal, a_rows)):
+                compare(sub, t_rows[c:e], out=m)
+                dest[c - lo:e - lo] = m.view(np.uint8).sum(axis=1, dtype=np.int32)
             mm = m[:, off:]
-            compare(sub[:, off:], t_cols, out=mm)
-            counts.append(mm.view(np.uint8).sum(axis=0, dtype=np.int32))
-        out[i] = counts
+            for compare, dest in ((np.greater, g_cols), (np.greater_equal, a_cols)):
+                compare(sub[:, off:], t_cols, out=mm)
+                dest += mm.view(np.uint8).sum(axis=0, dtype=np.int32)
+        out[i] = (g_rows, a_rows, g_cols, a_cols)
 
     if pool is None or len(out) == 1:
         for i in range(len(out)):
             work(i)
     else:
         list(pool.map(work, range(len(out))))
-    g_rows = np.concatenate([c[0] for c in out])
-    a_rows = np.concatenate([c[1] for c in out])
-    g_cols = sum(c[2] for c in out)
-    a_cols = sum(c[3] for c in out)
-    return g_rows, a_rows, g_cols, a_cols
+    return (np.concatenate([c[0] for c in out]), np.concatenate([c[1] for c in out]),
+            sum(c[2] for c in out), sum(c[3] for c in out))
 
 
 def _similarity_block(Qt, Gt, sim, start: int, stop: int, exclude_self: bool):
@@ -297,7 +301,7 @@ def _similarity_block(Qt, Gt, sim, start: int, stop: int, exclude_self: bool):
     return s
 
 
-def _rank_blocks(Qt, Gt, ranks, sim, mask, chunks, pool, workers, positives, ql, gl, exclude_self,
+def _rank_blocks(Qt, Gt, ranks, sim, mask, pool, workers, positives, ql, gl, exclude_self,
                  block_rows, progress) -> None:
     """The block loop of :func:`first_hit_ranks`; writes ``ranks`` in place."""
     nq, ng = Qt.shape[0], Gt.shape[0]
@@ -312,23 +316,14 @@ def _rank_blocks(Qt, Gt, ranks, sim, mask, chunks, pool, workers, positives, ql,
         best, p, n_tied = _best_positive(sn, rows, start, positives, ql, gl, exclude_self)
         has = np.isfinite(best)
         thr = np.where(has, best, np.inf).astype(np.float32)[:, None]
-        m = mask[:b]
-        at_or_above = _count_rows(pool, workers, np.greater_equal, sn, thr, m, np.arange(b), None)
-        rank = np.zeros(b, dtype=np.int64)
-        # only the best positive and positives tied with it at or above it: rank 0 (p is the lowest
-        # index among them); otherwise count the strictly greater items, then ties of lower index
-        need = np.flatnonzero(has & (at_or_above > n_tied))
-        if need.size:
-            if need.size > b // 2:  # most rows: one more full pass beats copying the rows out
-                above = _count_rows(pool, workers, np.greater, sn, thr, m, np.arange(b), None)[need]
-            else:  # copy those rows out in chunks through reused buffers (no fresh allocations)
-                above = _count_rows(pool, workers, np.greater, sn, thr, m, need, chunks)
-            rank[need] = above
-            tied = np.flatnonzero(at_or_above[need] - above > 1)
-            if tied.size:
-                t = need[tied]
-                eq = (sn[t] == thr[t]) & (cols[None, :] < p[t, None])
-                rank[t] += eq.sum(axis=1)
+        # rank = #(strictly greater) + #(ties of lower index); only the best positive and positives
+        # tied with it at or above s_p (p is the lowest index among them) leave the second term 0
+        above, at_or_above = _count_rows(pool, workers, sn, thr, mask[:b])
+        rank = np.where(has, above, 0)
+        tied = np.flatnonzero(has & (at_or_above - above > n_tied))
+        if tied.size:
+            eq = (sn[tied] == thr[tied]) & (cols[None, :] < p[tied, None])
+            rank[tied] += eq.sum(axis=1)
         if exclude_self:
             # self sits last (position ng-1) and is same-class: the first hit is never later than that
             rank = np.where(has, rank, ng - 1)
@@ -339,36 +334,28 @@ def _rank_blocks(Qt, Gt, ranks, sim, mask, chunks, pool, workers, positives, ql,
             progress.update(b)
 
 
-def _count_rows(pool, workers, compare, sn, thr, mask, rows, chunks) -> np.ndarray:
-    """Per listed row of ``sn``: how many entries ``compare`` (``np.greater[_equal]``) its threshold.
-
-    Rows are split over the worker threads (numpy releases the GIL); with ``chunks`` (one float
-    buffer per worker) the rows are first copied out, else ``rows`` must be ``arange(len(sn))``.
-    """
-    parts = workers if pool is not None else 1
-    bounds = np.linspace(0, rows.size, parts + 1).astype(np.int64)
-    out = np.empty(rows.size, dtype=np.int32)
+def _count_rows(pool, workers, sn, thr, mask) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of ``sn``: how many entries are > and >= its threshold. Rows are split over the worker
+    threads (numpy releases the GIL), each in chunks of ``COUNT_CHUNK_ROWS`` rows, so that both
+    compares read memory once."""
+    b = sn.shape[0]
+    parts = min(workers if pool is not None else 1, b)
+    bounds = np.linspace(0, b, parts + 1).astype(np.int64)
+    above, at_or_above = np.empty(b, dtype=np.int64), np.empty(b, dtype=np.int64)
 
     def work(i: int) -> None:
-        lo, hi = int(bounds[i]), int(bounds[i + 1])
-        if chunks is None:
-            compare(sn[lo:hi], thr[lo:hi], out=mask[lo:hi])
-            out[lo:hi] = mask[lo:hi].view(np.uint8).sum(axis=1, dtype=np.int32)
-            return
-        buf = chunks[i]
-        for c0 in range(lo, hi, buf.shape[0]):
-            idx = rows[c0:min(c0 + buf.shape[0], hi)]
-            np.take(sn, idx, axis=0, out=buf[:idx.size])
-            m = mask[c0:c0 + idx.size]  # rows c0.. of the mask are free scratch here (disjoint per worker)
-            compare(buf[:idx.size], thr[idx], out=m)
-            out[c0:c0 + idx.size] = m.view(np.uint8).sum(axis=1, dtype=np.int32)
+        for c in range(int(bounds[i]), int(bounds[i + 1]), COUNT_CHUNK_ROWS):
+            e = min(c + COUNT_CHUNK_ROWS, int(bounds[i + 1]))
+            for compare, dest in ((np.greater, above), (np.greater_equal, at_or_above)):
+                compare(sn[c:e], thr[c:e], out=mask[c:e])
+                dest[c:e] = mask[c:e].view(np.uint8).sum(axis=1, dtype=np.int32)
 
     if pool is None or parts == 1:
         for i in range(parts):
             work(i)
     else:
         list(pool.map(work, range(parts)))
-    return out
+    return above, at_or_above
 
 
 def recall_from_ranks(ranks: np.ndarray, ks, n_gallery: int) -> dict[str, float]:
