@@ -1,8 +1,10 @@
 """Blocked kNN / first-hit ranks against a brute-force MATLAB-order reference.
 
 The reference is the full similarity matrix sorted with a stable sort (MATLAB's ``sort`` keeps
-ties in index order). Features are rounded to one decimal so that exact ties are frequent; both
-sides use float32 similarities, and the comparison is exact (same matmul kernel on the same rows).
+ties in index order). The features make every similarity exact (:func:`_tied_features`), so the
+comparison is exact on any BLAS: a matmul's summation order depends on the block shape and the CPU
+(MKL's AVX2 path computes a 1-, 7- or 64-row block and the full matrix differently in the last bit,
+which reorders near-ties), and exact ties are everywhere.
 """
 from __future__ import annotations
 
@@ -15,8 +17,13 @@ from rll_repro.eval.knn import first_hit_ranks, knn, l2_normalize
 
 
 def _tied_features(n=300, d=6, seed=0):
+    """Rows with four entries +-0.5 and zeros elsewhere: unit norm exactly (l2_normalize keeps them),
+    every similarity a multiple of 0.25 with exact partial sums, so the same float32 number whatever
+    kernel, block, summation order or thread count computes it; 9 possible values: ties everywhere."""
     rng = np.random.default_rng(seed)
-    x = np.round(rng.standard_normal((n, d)), 1).astype(np.float32)
+    x = np.zeros((n, d), np.float32)
+    cols = np.argsort(rng.random((n, d)), axis=1)[:, :4]
+    np.put_along_axis(x, cols, rng.choice(np.float32([-0.5, 0.5]), (n, 4)), axis=1)
     x[5] = x[17]  # exact duplicates
     x[40] = x[41] = x[42]
     return x, rng.integers(0, n // 4, n)
