@@ -403,8 +403,13 @@ def test_equal_to_pytorch_metric_learning_where_the_formula_is_the_same(kind, n,
             continue  # no sample has a positive: PML averages over none (NaN), ours gives 0
         v, g = value_and_grad(ours, x, y)
         v_pml, g_pml = value_and_grad(lambda xx, yy: theirs(xx, yy, miner(xx, yy) if miner else None), x, y)
-        assert rel(v, v_pml) <= 1e-9, (ours, float(v), float(v_pml))
-        assert rel(g, g_pml) <= 1e-9, ours
+        # 'ties': a duplicated pair's distance is the square root of the float64 rounding error of
+        # its Gram-matrix entries, up to sqrt(2^-51) = 2.1e-8, and that error depends on the BLAS
+        # kernel (MKL's AVX2 path: 1.0e-9 relative on ContrastiveLoss's value, 2.7e-9 on its
+        # gradient), not on the formula
+        tol = 3e-8 if kind == "ties" else 1e-9
+        assert rel(v, v_pml) <= tol, (ours, float(v), float(v_pml))
+        assert rel(g, g_pml) <= tol, ours
 
 
 @needs_pml
