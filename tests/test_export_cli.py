@@ -35,7 +35,8 @@ def test_export_py_writes_torch_only_source_and_state_dict_and_prints_the_table(
     out = tmp_path / "lenet.py"
     assert main(["export", prototxt, weights, str(out)]) == 0
     printed = capsys.readouterr().out
-    assert _table_rows(printed) == [("loss", 0.0)]  # the module does the Net's own operations
+    rows = _table_rows(printed)
+    assert [b for b, _ in rows] == ["loss"] and rows[0][1] <= TOL  # observed 0 to 6e-7 (conv kernels' order)
     tree = ast.parse(out.read_text())
     roots = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     roots |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
