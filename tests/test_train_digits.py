@@ -40,7 +40,21 @@ def test_sklearn_digits_and_split_are_the_recorded_ones(oracle):
     np.testing.assert_array_equal(data.images, digits.preprocess(rec["images"]))
 
 
-def _replay(oracle, steps, tol, loss_abs=1e-8):
+#: How far a correct port may drift from Caffe's trajectory after k steps, on any CPU. Each step
+#: rounds like Caffe to the last bit of the CPU's kernels (6.7e-8 relative at step 1), and training
+#: is chaotic (../shared README: 1e-7 on the initial weights gives 3e-4 on the loss by step 50):
+#: measured with oneDNN's SSE4.1 convolutions (ONEDNN_MAX_CPU_ISA=SSE41) the loss is 1.0e-6 off at
+#: step 10, 3.8e-5 at 20, 3.4e-4 at 50, 1e-3 at 60 and O(1) past 120, the params 1.8e-7 at step 5
+#: and 6.1e-4 at step 20 (1 torch thread); 2 threads or MKL's SSE4.2 path stay within 1e-4 to step
+#: 170. The final Recall then moves by up to 0.9 points. (This machine's kernels: 8e-7 at step 20.)
+def trajectory_tolerance(step: int) -> tuple[float, float]:
+    """(loss, params) relative tolerance after ``step`` steps."""
+    return (1e-5, 1e-5) if step <= 10 else (3e-4, 3e-3) if step <= 20 else (2e-3, 2e-2)
+
+
+def _replay(oracle, steps, check_steps=None):
+    """Caffe's recorded batches through our solver; the loss (and the recorded params) of the first
+    ``check_steps`` steps within :func:`trajectory_tolerance` of Caffe's."""
     root, run, rec = oracle
     torch.set_num_threads(1)
     solver = rll_repro.get_solver(str(digits.prototxt("solver")))
@@ -49,8 +63,11 @@ def _replay(oracle, steps, tol, loss_abs=1e-8):
     for k in range(steps):
         inputs = {"data": images[run["batch_index"][k]], "label": run["labels"][k]}
         solver.step(1, batches=lambda it: inputs)
+        if check_steps is not None and k >= check_steps:
+            continue
+        tol, param_tol = trajectory_tolerance(k + 1)
         loss = float(solver.net.blobs["loss"].data)
-        assert loss == pytest.approx(float(run["loss"][k]), rel=tol, abs=loss_abs), (
+        assert loss == pytest.approx(float(run["loss"][k]), rel=tol, abs=1e-8), (
             f"loss after step {k + 1} left Caffe's trajectory: some layer rounds differently from Caffe")
         prefix = f"after{k + 1}/param/"
         for name in run.files:
@@ -58,27 +75,24 @@ def _replay(oracle, steps, tol, loss_abs=1e-8):
                 layer, i = name[len(prefix):].rsplit("/", 1)
                 ref = run[name]
                 err = np.abs(solver.net.params[layer][int(i)].data - ref).max() / np.abs(ref).max()
-                assert err <= tol, f"{layer}/{i} after step {k + 1}: {err:.2e}"
+                assert err <= param_tol, f"{layer}/{i} after step {k + 1}: {err:.2e}"
     return solver
 
 
 def test_first_twenty_steps_replay_caffe(oracle):
-    _replay(oracle, 20, 1e-5)
+    _replay(oracle, 20)
 
 
-def test_whole_run_replays_caffe_to_the_same_recall(oracle, tmp_path):
-    root, run, rec = oracle
-    # Training is chaotic (../shared README): past ~150 steps the loss, by then 1e-7..1e-3, follows
-    # Caffe's only to the rounding of the kernels of the CPU at hand: 2 threads instead of 1, or
-    # torch's no-FMA kernels with MKL's SSE4.2 path, put steps 178-300 up to 2.2e-3 relative
-    # (1.0e-7 absolute) off Caffe's loss, with the same final Recall. Hence 1e-3 / 1e-6 here; the
-    # first 20 steps are held to 1e-5 above.
-    solver = _replay(oracle, 300, 1e-3, loss_abs=1e-6)
+def test_whole_run_replays_caffe_to_its_recall(oracle, tmp_path):
+    """300 steps on Caffe's batches: on Caffe's trajectory for 50 steps, then chaos; the final Recall
+    within 2 points of Caffe's (equal to the second decimal on this machine's kernels)."""
+    solver = _replay(oracle, 300, check_steps=50)
     model, _ = solver.snapshot(tmp_path / "replay")
     data = digits.load()
     feats = digits.embed(model, data.images[data.test_index])
     ours = digits.recall(feats, data.target[data.test_index])
-    assert [round(v, 2) for v in ours.values()] == list(digits.REFERENCE["recall"].values())
+    for k, ref in digits.REFERENCE["recall"].items():
+        assert abs(ours[k] - ref) <= 2.0, (k, ours[k], ref)
 
 
 def test_caffe_final_weights_give_caffe_recall_with_our_deploy_net(oracle):
