@@ -129,7 +129,7 @@ def plot_table(table: dict, path) -> None:
 
     methods = list(table)
     width = 0.8 / len(methods)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(METRICS) + 0.4 * len(methods)), 3.6))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(METRICS) + 0.4 * len(methods)) + 2.2, 3.6))
     x = np.arange(len(METRICS))
     for i, method in enumerate(methods):
         ax.bar(x + (i - (len(methods) - 1) / 2) * width, [table[method][m] for m in METRICS], width,
@@ -138,7 +138,7 @@ def plot_table(table: dict, path) -> None:
     ax.set_ylabel("percent")
     ax.set_ylim(0, 100)
     ax.set_title("zero-shot retrieval of scattered digits (train 0-4, test 5-9)")
-    ax.legend(fontsize=7, ncol=2, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the bars
     fig.tight_layout()
     with atomic_write(path) as handle:
         fig.savefig(handle, format="png", dpi=100)
