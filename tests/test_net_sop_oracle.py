@@ -21,8 +21,10 @@ Tolerances and why:
   this net 22 ReLU inputs switch sign, and each switch moves every gradient below it by ~1e-3
   relative. Caffe's own float32 gradients differ from the float64 evaluation by up to 3.3e-3 (aggregates)
   and 2.2e-2 (single values) in the backbone; the port's differ from Caffe's by as much (2.5e-3 and
-  4e-2). The backbone is therefore held at 5e-3 (aggregates) and 1e-1 (single values); the slow test
-  checks that the port is no further from Caffe than exact (float64) arithmetic is, up to a factor 3.
+  4e-2). Which inputs switch depends on the CPU's kernels (oneDNN's SSE4.1 convolutions: 6.5e-3 on
+  the aggregates), so the backbone is held at 1e-2 = 3 x Caffe's own float32-vs-float64 distance
+  (aggregates) and 1e-1 (single values); the slow test checks that the port is no further from
+  Caffe than exact (float64) arithmetic is, up to a factor 3.
 """
 from __future__ import annotations
 
@@ -124,7 +126,7 @@ def test_sop_train_net_backbone_gradients_match_caffe_within_float32_noise(sop_t
     _, _, _, _, grads, _ = sop_train
     assert len(grads) == 441
     key, err = _worst(grads, "aggregate")
-    assert err <= 5e-3, f"{key}: aggregate relative error {err:.2e}"
+    assert err <= 1e-2, f"{key}: aggregate relative error {err:.2e}"
     key, err = _worst(grads, "values")
     assert err <= 1e-1, f"{key}: sampled values relative error {err:.2e}"
 
