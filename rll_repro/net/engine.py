@@ -101,8 +101,12 @@ class Engine:
         return changed or self._shapes_dirty
 
     def _zeros(self, shape) -> torch.Tensor:
-        """A zero float32 blob of ``shape`` on the net's device (Caffe's blobs start at zero)."""
-        return torch.zeros(shape, dtype=torch.float32, device=self.device)
+        """A zero float32 blob of ``shape`` on the net's device (Caffe's blobs start at zero), 4-D ones
+        in the net's memory format."""
+        t = torch.zeros(shape, dtype=torch.float32, device=self.device)
+        if self._memory_format is not None and t.dim() == 4:
+            t = t.contiguous(memory_format=self._memory_format)
+        return t
 
     def reshape(self) -> None:
         """Caffe's Net::Reshape: propagate the input blobs' shapes through every layer."""

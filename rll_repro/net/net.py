@@ -156,7 +156,10 @@ class Net(Engine, PycaffeFacade, WeightsIO, nn.Module):
         self._forward_loss = torch.zeros((), dtype=torch.float64, device=self.device)
         if weights is not None:
             self.copy_from(weights)
-        if fast_mode() and self.device.type == "cuda":  # --fast: cuDNN's fast layout
+        if self.device.type == "cpu" or (fast_mode() and self.device.type == "cuda"):
+            # CPU: oneDNN's NHWC convolutions and pooling are ~1.3x faster a train step and stay within
+            # the oracle tolerances (they sum in another order, as any BLAS may); --fast on a GPU:
+            # cuDNN's fast layout
             self.set_memory_format(torch.channels_last)
 
     def clear_param_diffs(self) -> None:
