@@ -26,6 +26,9 @@ examples:
 
 
 def add_arguments(parser) -> None:
+    from rll_repro.commands.device_options import add_device_arguments
+
+    add_device_arguments(parser, fast=False)
     parser.add_argument("features", help="FEATS.npy (or .npz/.h5 with a 'features' array)")
     parser.add_argument("labels", help="LABELS.npy (or .npz/.h5 with a 'labels' array)")
     parser.add_argument("--protocol", required=True, choices=["sop", "cub", "cars", "inshop"])
@@ -35,6 +38,15 @@ def add_arguments(parser) -> None:
     parser.add_argument("--n-init", type=int, default=10, help="k-means restarts (default 10)")
     parser.add_argument("--block-rows", type=int, default=2048, help="rows per similarity block (memory)")
     parser.add_argument("--out", help="RESULTS.json to write (default: print the metrics only)")
+
+
+def _device(args):
+    """--device when given: Recall@K then runs there (eval-features, and eval's retrieval scoring)."""
+    if getattr(args, "device", None) is None:
+        return None
+    from rll_repro.device import resolve_device
+
+    return resolve_device(args.device)
 
 
 def evaluate_arrays(features, labels, args, extra_meta: dict | None = None) -> dict:
@@ -50,6 +62,7 @@ def evaluate_arrays(features, labels, args, extra_meta: dict | None = None) -> d
     n = len(features) if query_mask is None else int(np.count_nonzero(query_mask))
     with Progress(n, "evaluate") as bar:
         result = evaluate_retrieval(args.protocol, features, labels, query_mask=query_mask, nmi=args.nmi,
+                                    device=_device(args),
                                     seed=args.seed, n_init=args.n_init, block_rows=args.block_rows,
                                     progress=bar)
     skipped = [k for k in RECALL_KS[args.protocol] if f"R@{k}" not in result]

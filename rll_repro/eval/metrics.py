@@ -48,6 +48,20 @@ def recall_query_gallery(query, q_labels, gallery, g_labels, ks, *, block_rows: 
     return recall_from_ranks(ranks, ks, g.shape[0])
 
 
+def _recall_on_device(device, q, ql, ks, g, gl, block_rows) -> dict[str, float]:
+    import torch
+
+    from rll_repro.eval import knn_device
+
+    def put(a, dtype=torch.float32):
+        return None if a is None else torch.as_tensor(np.ascontiguousarray(a)).to(device=device, dtype=dtype)
+
+    l2_normalize(q, "query features")  # the host path's checks (zero rows, NaN) before moving
+    out = knn_device.recall_at_k(put(q), put(ql, torch.int64), ks, gallery=put(g),
+                                 g_labels=put(gl, torch.int64), block_rows=block_rows)
+    return {k: float(v) for k, v in out.items()}
+
+
 def pairwise_f1(labels, clusters) -> float:
     """Pairwise F1: precision/recall of the 'same cluster' pairs against the 'same class' pairs."""
     from scipy.sparse import coo_matrix
@@ -239,11 +253,12 @@ def lpw(features, ids, *, n_probe: int = 756, ranks=CMC_RANKS) -> dict[str, floa
 def evaluate_retrieval(protocol: str, features, labels, *, query_mask=None, nmi: bool = False,
                        seed: int = KMEANS_SEED, n_init: int = KMEANS_N_INIT,
                        block_rows: int = DEFAULT_BLOCK_ROWS, progress=None,
-                       skip_large_k: bool = True) -> dict[str, float]:
+                       skip_large_k: bool = True, device=None) -> dict[str, float]:
     """The metrics of one retrieval protocol (sop, cub, cars, inshop) as ``{"R@1": %, ...}``.
 
     With ``skip_large_k`` the K larger than the gallery are left out (small test sets) instead of
-    raising.
+    raising. ``device``: a torch device other than the CPU computes Recall@K there
+    (:mod:`rll_repro.eval.knn_device`, same ranking rules).
     """
     if protocol not in RECALL_KS:
         raise DataError(f"unknown retrieval protocol {protocol!r} (choose from {', '.join(RECALL_KS)})")
@@ -257,18 +272,25 @@ def evaluate_retrieval(protocol: str, features, labels, *, query_mask=None, nmi:
         n_gallery = int(lab.shape[0] - np.count_nonzero(query_mask))
     if skip_large_k:  # Recall@K beyond the gallery size is undefined (MATLAB would fail to index)
         ks = tuple(k for k in ks if k <= n_gallery)
+    on_device = device is not None and str(device) != "cpu"
     if protocol == "inshop":
         if query_mask is None:
             raise DataError("inshop needs a query mask (True = query, False = gallery)")
         qm = np.asarray(query_mask).reshape(-1).astype(bool)
         if qm.shape[0] != lab.shape[0]:
             raise DataError(f"query mask has {qm.shape[0]} entries for {lab.shape[0]} items")
-        result = recall_query_gallery(feats[qm], lab[qm], feats[~qm], lab[~qm], ks,
-                                      block_rows=block_rows, progress=progress)
+        if on_device:
+            result = _recall_on_device(device, feats[qm], lab[qm], ks, feats[~qm], lab[~qm], block_rows)
+        else:
+            result = recall_query_gallery(feats[qm], lab[qm], feats[~qm], lab[~qm], ks,
+                                          block_rows=block_rows, progress=progress)
     else:
         if query_mask is not None:
             raise DataError(f"--query-mask only applies to inshop, not {protocol}")
-        result = recall_at_k(feats, lab, ks, block_rows=block_rows, progress=progress)
+        if on_device:
+            result = _recall_on_device(device, feats, lab, ks, None, None, block_rows)
+        else:
+            result = recall_at_k(feats, lab, ks, block_rows=block_rows, progress=progress)
     if nmi:
         result.update(nmi_f1(feats, lab, seed=seed, n_init=n_init))
     return result
