@@ -123,7 +123,8 @@ def test_symmetric_path_equals_plain_path_on_data_with_ties(n, block_rows, seed)
     assert sym.tolist() == (labels[order] == labels[:, None]).argmax(axis=1).tolist()
 
 
-def test_symmetric_path_equals_plain_path_on_normalised_float_features():
+def test_symmetric_path_equals_plain_path_through_l2_normalisation():
+    """The same through recall's own normalisation (exact unit rows, see _tied_features)."""
     x, labels = _tied_features(n=900, d=8, seed=5)
     assert (first_hit_ranks(x, labels, block_rows=128).tolist()
             == first_hit_ranks(x, labels, block_rows=128, symmetric=False).tolist())

@@ -173,12 +173,15 @@ def _symmetric_ranks(X: np.ndarray, labels: np.ndarray, block_rows: int, progres
     and (transposed, beyond the diagonal block) for its columns, how many similarities are > s_p
     and >= s_p. rank = #(> s_p) + #(j < p, s_j == s_p); the second term is nonzero only in rows where
     some non-positive ties with s_p, and those rows (rare outside synthetic data) are recomputed in
-    original order. The result equals the plain path's because the similarity of (i, j) is the same
-    float32 number wherever a matrix product computes it (s_ij == s_ji: BLAS sgemm sums an entry's
-    products in one order). That holds for matrix products, not for the matrix-vector kernels BLAS
-    switches to for a single row or column, so every product here has at least
-    ``SYMMETRIC_MIN_ROWS`` // 2 rows and columns (even cuts; rows to recompute are padded).
-    tests/test_eval_knn.py compares both paths.
+    original order. Positives' similarities come from pass 1 only and the others' from pass 2 only,
+    so the ranks are consistent whatever the BLAS does. They equal the plain path's wherever the
+    similarity of (i, j) is the same float32 number wherever a product computes it (s_ij == s_ji).
+    MKL's AVX-512 sgemm gives that for products of 64 rows or more (checked: identical ranks on
+    60,502 x 512 SOP-like features, labels sorted and shuffled); matrix-vector kernels (one row) do
+    not, hence every product here has at least ``SYMMETRIC_MIN_ROWS`` // 2 rows (even cuts; rows to
+    recompute are padded). Where a BLAS's last bit depends on the block shape (MKL's AVX2 path), a
+    near tie within one ulp may rank differently, exactly as the plain path's ranks then depend on
+    ``block_rows``. tests/test_eval_knn.py compares both paths on exactly representable features.
     """
     torch = _torch()
     n = X.shape[0]
