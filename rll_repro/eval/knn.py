@@ -176,7 +176,7 @@ def _symmetric_ranks(X: np.ndarray, labels: np.ndarray, block_rows: int, progres
     original order. Positives' similarities come from pass 1 only and the others' from pass 2 only,
     so the ranks are consistent whatever the BLAS does. They equal the plain path's wherever the
     similarity of (i, j) is the same float32 number wherever a product computes it (s_ij == s_ji).
-    MKL's AVX-512 sgemm gives that for products of 64 rows or more (checked: identical ranks on
+    This machine's MKL sgemm gives that for products of 64 rows or more (checked: identical ranks on
     60,502 x 512 SOP-like features, labels sorted and shuffled); matrix-vector kernels (one row) do
     not, hence every product here has at least ``SYMMETRIC_MIN_ROWS`` // 2 rows (even cuts; rows to
     recompute are padded). Where a BLAS's last bit depends on the block shape (MKL's AVX2 path), a
