@@ -66,6 +66,8 @@ class Net(Engine, PycaffeFacade, WeightsIO, nn.Module):
     ``save``. For the solver: ``forward_backward()``, ``clear_param_diffs()``, ``learnable_params``,
     ``params_lr``, ``params_weight_decay``, ``learnable_param_names``, ``loss_tops``. Extras:
     ``blob_shapes``, ``set_memory_format(torch.channels_last)``, ``keep_blob_diffs``, ``to_proto()``.
+    A CPU net stores its 4-D weights and blobs channels_last from the start (the faster layout there;
+    ``set_memory_format(torch.contiguous_format)`` for NCHW).
     Forward under ``torch.no_grad()`` / ``torch.inference_mode()`` for extraction (same numbers).
     """
 
@@ -157,9 +159,9 @@ class Net(Engine, PycaffeFacade, WeightsIO, nn.Module):
         if weights is not None:
             self.copy_from(weights)
         if self.device.type == "cpu" or (fast_mode() and self.device.type == "cuda"):
-            # CPU: oneDNN's NHWC convolutions and pooling are ~1.3x faster a train step and stay within
-            # the oracle tolerances (they sum in another order, as any BLAS may); --fast on a GPU:
-            # cuDNN's fast layout
+            # CPU: oneDNN's NHWC convolutions make a train step faster (bench/bench_net.py) and stay
+            # within the oracle tolerances (they sum in another order, as any BLAS may; BatchNorm keeps
+            # accurate statistics in NHWC); --fast on a GPU: cuDNN's fast layout
             self.set_memory_format(torch.channels_last)
 
     def clear_param_diffs(self) -> None:
