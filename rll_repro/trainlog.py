@@ -184,8 +184,17 @@ _HEADER_START = b"Log file created at: "
 
 
 def _open_run_file(path: Path) -> tuple[IO, Path]:
-    """A new ``<path>.<yyyymmdd-hhmmss>.<pid>`` (``.1``, ``.2``... if a run of this second exists)."""
-    base = f"{path.name}.{_dt.datetime.now():{RUN_STAMP}}.{os.getpid()}"
+    """A new ``<path>.<yyyymmdd-hhmmss>.<pid>`` (``.1``, ``.2``... if a run of this second exists).
+    A start in the same second as an earlier run's (of another process) waits for the next second,
+    so that the names sort in start order (pids do not)."""
+    import time
+
+    now = _dt.datetime.now()
+    stamp = f"{now:{RUN_STAMP}}"
+    if any(path.parent.glob(glob.escape(f"{path.name}.{stamp}.") + "*")):
+        time.sleep(max(0.0, 1.0 - now.microsecond / 1e6) + 0.01)
+        stamp = f"{_dt.datetime.now():{RUN_STAMP}}"
+    base = f"{path.name}.{stamp}.{os.getpid()}"
     for n in range(1000):
         candidate = path.with_name(base if n == 0 else f"{base}.{n}")
         try:
