@@ -22,8 +22,8 @@ The output .npz holds what Caffe holds around Forward/Backward (the ../shared/or
 examples:
   rll-repro forward net.prototxt --weights net.caffemodel --inputs in.npz --out out.npz
   rll-repro forward train.prototxt --inputs batch.npz --phase train --backward --out grads.npz
-  rll-repro forward ../shared/oracle/rll/layers/bn_scale_train/net.prototxt \
-      --weights ../shared/oracle/rll/layers/bn_scale_train/weights.caffemodel \
+  rll-repro forward ../shared/oracle/rll/layers/bn_scale_train/net.prototxt \\
+      --weights ../shared/oracle/rll/layers/bn_scale_train/weights.caffemodel \\
       --inputs ../shared/oracle/rll/layers/bn_scale_train/case.npz --phase train --backward --out out.npz
       (a recorded case file is a valid --inputs file; compare out.npz with it key by key)
 """
