@@ -14,10 +14,13 @@ builder's own overhead is the difference to that one.
 The real Caffe CPU step (the RLL fork's CPU build, same train net, batch 32 at 227 px) was recorded
 at 9.92 s on this machine kind, with a GEMM probe of 0.1122 s in the same session. The probe's shape
 is not written down with the figure; this bench takes one 2048 x 2048 x 2048 float32 matrix product
-(torch.mm, the bench's threads), the shape that fits 0.1122 s on these 2 AVX-512 cores (153 GFLOP/s;
-a 4096 product would need 1.2 TFLOP/s, above the two cores' peak, a 1024 one 19 GFLOP/s, far below
-what they give). The probe runs in every round next to the variants, and the Caffe step is scaled by
-(median probe here / 0.1122 s): "vs Caffe" is that scaled step over the variant's.
+(torch.mm at the bench's threads): on these 2 AVX-512 cores it takes 0.100-0.112 s on one core and
+~0.048 s when both cores are free (a 4096 product would need 1.2 TFLOP/s for 0.1122 s, above the two
+cores' peak; a 1024 one 19 GFLOP/s, far below them). The probe runs in every round next to the
+variants, and the Caffe step is scaled by (median probe here / 0.1122 s): "vs Caffe" is that scaled
+step over the variant's. On a loaded machine the 0.1 s probe and the multi-second step do not see the
+same share of the cores (the probe's CPU time equal to its wall time says it ran on one core): the
+CPU-time column and a ``--threads 1`` run (probe and step both on one core) are the steadier figures.
 
     .venv/bin/python bench/bench_net.py [--batch 32] [--iters 3] [--threads 1] [--profile]
 
