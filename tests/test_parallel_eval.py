@@ -51,10 +51,6 @@ def _worker(rank, init_file, out_dir):
 
 
 def test_two_ranks_evaluate_the_one_process_features_and_recall(tmp_path):
-    try:
-        from rll_repro.data import loader  # noqa: F401
-    except ImportError as exc:  # pragma: no cover
-        pytest.skip(str(exc))
     feats, result = _evaluate()
     try:
         mp.start_processes(_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True,

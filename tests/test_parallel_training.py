@@ -17,7 +17,6 @@ blobs must be identical (bitwise) on every rank: they are computed from the all-
 from __future__ import annotations
 
 import datetime
-import os
 import sys
 import traceback
 from pathlib import Path

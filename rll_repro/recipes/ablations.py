@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import edits
-from .edits import CVPR19_TYPE, RecipeError, V12_TYPE
+from .edits import RecipeError, V12_TYPE
 from .settings import PROVENANCE_RECONSTRUCTED, GeneratedFile, Setting
 
 LOSS = "layer[RLL loss]"

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from . import bninception as bn
-from .netspec import NetBuilder, param, solver
+from .netspec import NetBuilder, solver
 from .settings import (SAMPLER_OSM, SAMPLER_RLL, TRANSFORM_OSM, Deploy, GeneratedFile, Setting)
 
 NAME = "demo"
