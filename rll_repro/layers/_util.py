@@ -68,3 +68,11 @@ def spatial_values(param, repeated, single_h, single_w, has_h: bool, name: str, 
     if len(values) != n:
         raise fail(param, f"{name} must be given once or {n} times, got {len(values)}")
     return values
+
+
+def check_embedding_label_loss(param, bottom_shapes) -> None:
+    """A pair loss layer's contract: bottoms (embeddings, labels), one top, no gradient to the labels."""
+    check_bottoms(param, bottom_shapes, 2)
+    check_tops(param, 1)
+    if len(param.propagate_down) > 1 and param.propagate_down[1]:
+        raise fail(param, "cannot backpropagate to the labels (propagate_down[1] must be 0)")

@@ -33,7 +33,7 @@ import inspect
 
 import torch
 
-from rll_repro.layers._util import check_bottoms, check_tops, count, fail, has
+from rll_repro.layers._util import check_embedding_label_loss, check_tops, count, fail, has
 from rll_repro.layers.base import Layer
 from rll_repro.layers.registry import register
 from rll_repro.losses import (BinomialDevianceLoss, ContrastiveLoss, LiftedStructureLoss, MarginLoss,
@@ -75,10 +75,7 @@ class MetricLossLayer(Layer):
 
     def __init__(self, param, bottom_shapes, ctx):
         super().__init__(param, bottom_shapes, ctx)
-        check_bottoms(param, bottom_shapes, 2)
-        check_tops(param, 1)
-        if len(param.propagate_down) > 1 and param.propagate_down[1]:
-            raise fail(param, "cannot backpropagate to the labels (propagate_down[1] must be 0)")
+        check_embedding_label_loss(param, bottom_shapes)
         try:
             self.loss = self.loss_class(**loss_kwargs(param, self.loss_class))
         except ValueError as exc:  # a bad choice string (mining, variant, ...)

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from rll_repro.layers._pairwise import F64, PairBlocks
-from rll_repro.layers._util import check_bottoms, check_tops, fail, has
+from rll_repro.layers._util import check_embedding_label_loss, fail, has
 from rll_repro.layers.base import Layer
 from rll_repro.layers.registry import register
 
@@ -272,10 +272,7 @@ class DistanceWeightedValidPairLossV12(Layer):
 
     def __init__(self, param, bottom_shapes, ctx):
         super().__init__(param, bottom_shapes, ctx)
-        check_bottoms(param, bottom_shapes, 2)
-        check_tops(param, 1)
-        if len(param.propagate_down) > 1 and param.propagate_down[1]:
-            raise fail(param, "cannot backpropagate to the labels (propagate_down[1] must be 0)")
+        check_embedding_label_loss(param, bottom_shapes)
         self.params = _layer_params(param, self.cvpr19)
         # Caffe's zero-initialised top blob: a buffer, so it follows the net to its device and dtype
         # (not persistent: it is not a weight; solver snapshots keep it in their side state)
