@@ -112,8 +112,8 @@ def loop_triplet_semihard(x, y, margin=0.05, squared=False):
         if not negs:
             continue
         d_ap = metric(xs[a], xs[p])
-        farther = [v for v in negs if float(v) > float(d_ap)]
-        d_an = min(farther, key=float) if farther else max(negs, key=float)
+        farther = [v for v in negs if float(v.detach()) > float(d_ap.detach())]
+        d_an = min(farther, key=lambda v: float(v.detach())) if farther else max(negs, key=lambda v: float(v.detach()))
         terms.append(torch.clamp(d_ap - d_an + margin, min=0))
     return sum(terms) / len(terms) if terms else zero(x)
 
