@@ -126,7 +126,7 @@ def loop_triplet_all(x, y, margin=0.05):
         for k in range(n):
             if labels[k] != labels[a]:
                 v = dist(xs[a], xs[p]) - dist(xs[a], xs[k]) + margin
-                if float(v) > 0:
+                if float(v.detach()) > 0:
                     terms.append(v)
     return sum(terms) / len(terms) if terms else zero(x)
 
