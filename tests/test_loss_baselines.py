@@ -194,10 +194,10 @@ def loop_multi_similarity(x, y, alpha=2.0, beta=50.0, base=0.5, epsilon=0.1, min
         ps = {j: xs[i] @ xs[j] for j in range(n) if j != i and labels[j] == labels[i]}
         ns = {k: xs[i] @ xs[k] for k in range(n) if labels[k] != labels[i]}
         if mine:
-            hardest_neg = max((float(v) for v in ns.values()), default=-math.inf)
-            easiest_pos = min((float(v) for v in ps.values()), default=math.inf)
-            ps = {j: v for j, v in ps.items() if float(v) - epsilon < hardest_neg}
-            ns = {k: v for k, v in ns.items() if float(v) + epsilon > easiest_pos}
+            hardest_neg = max((float(v.detach()) for v in ns.values()), default=-math.inf)
+            easiest_pos = min((float(v.detach()) for v in ps.values()), default=math.inf)
+            ps = {j: v for j, v in ps.items() if float(v.detach()) - epsilon < hardest_neg}
+            ns = {k: v for k, v in ns.items() if float(v.detach()) + epsilon > easiest_pos}
         total = total + torch.log(1 + sum((torch.exp(-alpha * (v - base)) for v in ps.values()), zero(x))) / alpha
         total = total + torch.log(1 + sum((torch.exp(beta * (v - base)) for v in ns.values()), zero(x))) / beta
     return total / n
