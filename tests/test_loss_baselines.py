@@ -216,7 +216,7 @@ def loop_margin(x, y, negatives, margin=0.2, beta=1.2, nu=0.0):
         tp = torch.clamp(margin + dist(xs[a], xs[p]) - beta, min=0)
         tn = torch.clamp(margin + beta - dist(xs[a], xs[k]), min=0)
         total = total + tp + tn
-        count += int(float(tp) > 0) + int(float(tn) > 0)
+        count += int(float(tp.detach()) > 0) + int(float(tn.detach()) > 0)
         n_triplets += 1
     return (total + nu * beta * n_triplets) / max(count, 1)
 
