@@ -455,7 +455,7 @@ def test_net_with_the_layer_type_equals_the_standalone_class(loss_class, spatial
     xt = torch.tensor(x, requires_grad=True)
     v = (loss_class(seed=4) if seeded else loss_class())(xt, torch.tensor(y))
     v.backward()
-    assert value == float(v)
+    assert value == float(v.detach())
     assert np.array_equal(grad, xt.grad.numpy())
     assert float(np.abs(grad).max()) > 0
 
