@@ -481,7 +481,7 @@ def test_metric_loss_param_fields_are_the_constructor_arguments(type_name, param
     v = getattr(losses, type_name)(**{k: (float(v) if isinstance(v, np.floating) else v) for k, v in kwargs.items()})(
         xt, torch.tensor(y))
     v.backward()
-    assert value == float(v) and np.array_equal(grad, xt.grad.numpy())
+    assert value == float(v.detach()) and np.array_equal(grad, xt.grad.numpy())
 
 
 @pytest.mark.parametrize("type_name,params,match", [
