@@ -27,18 +27,9 @@ DIGITS_SOLVER = ROOT / "prototxt/digits/solver.prototxt"
 META = torch.device("meta")
 
 
-def _batch(net, device, n_classes=4):
-    """Inputs of the net's declared shapes on ``device`` (labels: class ids; attention: ones)."""
-    out = {}
-    for name in net.inputs:
-        shape = net.blob_shapes[name]
-        if name == "data":
-            out[name] = torch.empty(shape, device=device)
-        elif name == "label":
-            out[name] = torch.empty(shape, device=device)
-        else:
-            out[name] = torch.empty(shape, device=device)
-    return out
+def _batch(net, device):
+    """Inputs of the net's declared shapes on ``device`` (values do not exist on meta/fake devices)."""
+    return {name: torch.empty(net.blob_shapes[name], device=device) for name in net.inputs}
 
 
 @pytest.fixture(scope="module")

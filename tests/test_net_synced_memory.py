@@ -113,3 +113,22 @@ def _parse(text):
     from rll_repro.caffe import caffe_pb2
 
     return text_format.Parse(text, caffe_pb2.NetParameter())
+
+
+def test_autograd_from_the_weighted_loss_gives_the_backward_losses_gradients():
+    """The tensor path's contract: Σ loss_weight·sum(top) backpropagated by plain autograd seeds each
+    loss top with its loss weight, exactly what backward_losses() (Caffe's Backward) does."""
+    import torch
+
+    a = Net(str(DIGITS / "train.prototxt"), phase="train", seed=3)
+    b = Net(str(DIGITS / "train.prototxt"), phase="train", seed=3)
+    x, y = _inputs(a, 5)
+    for net in (a, b):
+        net.clear_param_diffs()
+    a(data=torch.from_numpy(x), label=torch.from_numpy(y))
+    a.backward_losses()
+    out = b(data=torch.from_numpy(x), label=torch.from_numpy(y))
+    b.weighted_loss(out).backward()
+    for pa, pb in zip(a.learnable_params, b.learnable_params):
+        assert torch.equal(pa.grad, pb.grad)
+    assert float(sum(p.grad.abs().sum() for p in a.learnable_params)) > 0

@@ -156,10 +156,10 @@ def data_parallel_for(phase: str, layer_params) -> DataParallel | None:
     rank, size = world()
     if size <= 1 or phase != "train":
         return None
-    bad = [lp.name for lp in layer_params if lp.type in UNSUPPORTED_TYPES]
-    if bad:
-        raise NetError(f"layer {bad[0]!r} ({layer_params[[lp.name for lp in layer_params].index(bad[0])].type}) "
-                       "pools the batch and cannot be split over processes; run this net in one process")
+    bad = next((lp for lp in layer_params if lp.type in UNSUPPORTED_TYPES), None)
+    if bad is not None:
+        raise NetError(f"layer {bad.name!r} ({bad.type}) pools the batch and cannot be split over processes; "
+                       "run this net in one process")
     return DataParallel()
 
 

@@ -48,7 +48,7 @@ def _to_plain(value):
 def _from_plain(value):
     if isinstance(value, dict):
         if "__ndarray__" in value:
-            return value["__ndarray__"].numpy().astype(value.get("dtype", None) or None, copy=False)
+            return value["__ndarray__"].numpy().astype(value["dtype"], copy=False)
         if "__tuple__" in value:
             return tuple(_from_plain(v) for v in value["__tuple__"])
         return {k: _from_plain(v) for k, v in value.items()}
