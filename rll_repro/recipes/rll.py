@@ -322,18 +322,15 @@ CUB = register(Setting(
           "this config is not stated anywhere.",
 ))
 
-CARS = register(Setting(
-    name="rll-cars", paper="rll", dataset="Cars196",
+CARS = register(dataclasses.replace(  # reconstructed: the CUB setting with the Cars196 data and rows
+    CUB,
+    name="rll-cars", dataset="Cars196",
     description="Cars196, RLL (L,M,H): reconstructed (no Cars196 config exists in any commit) as "
                 "the CUB config unchanged (batch 60 = 20x3, 512-d, m 0.2, T_n 10, 10k iterations)",
-    train=_cub_train, solver=_cub_solver,
     deploys=_market_deploys(("concat",), 64, _CUB_CKPTS,
                             {"concat": ("rll/Cars196/paper/RLL-(L,M,H)",),
                              "H": ("rll/Cars196/paper/RLL-H",)}),
-    classes_per_batch=20, images_per_class=3, sampler=SAMPLER_RLL,
-    train_transform=TRANSFORM_MARKET_TRAIN, test_transform=TRANSFORM_MARKET_TEST, input_size=227,
-    max_iter=10000, save_start=500, save_interval=500,
-    eval_protocol="cars", recall_ks=(1, 2, 4, 8),
+    eval_protocol="cars",
     data_files=("CARS196_TrainImagePathBoxCell.mat", "CARS196_TestImagePathBoxCell.mat"),
     published=("rll/Cars196/paper/RLL-(L,M,H)",), provenance=PROVENANCE_RECONSTRUCTED,
     notes="Every choice below is ours, not the sources' (they fix only: BN-Inception with heads "
