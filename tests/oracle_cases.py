@@ -27,3 +27,18 @@ def rel(ours, ref) -> float:
     ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
     scale = np.abs(ref).max()
     return np.abs(ours - ref).max() / scale if scale else np.abs(ours).max()
+
+
+def sop_deploy_case(shared):
+    """The SOP deploy net in TEST phase loaded as the recording was made (train weights, then the
+    BatchNorm statistics: two copy_from) and its expected.npz; ``shared`` is the conftest fixture."""
+    import numpy as np
+
+    from rll_repro.net import Net
+
+    case = shared("oracle", "osm_caa", "net_sop_deploy_test")
+    train_weights = (case / (case / "TRAIN_WEIGHTS.txt").read_text().strip()).resolve()
+    net = Net(case / "net.prototxt", phase="test")
+    net.copy_from(train_weights)
+    net.copy_from(case / "bn_stats.caffemodel")
+    return net, np.load(case / "expected.npz")

@@ -118,14 +118,9 @@ def test_onnx_file_under_onnxruntime_matches_net_and_caffe(exported_cases, case_
 
 
 def test_sop_deploy_net_exports_match_caffe_embedding(shared, tmp_path):
-    from rll_repro.net import Net
+    from oracle_cases import sop_deploy_case
 
-    case = shared("oracle", "osm_caa", "net_sop_deploy_test")
-    train_weights = (case / (case / "TRAIN_WEIGHTS.txt").read_text().strip()).resolve()
-    z = np.load(case / "expected.npz")
-    net = Net(case / "net.prototxt", phase="test")
-    net.copy_from(train_weights)
-    net.copy_from(case / "bn_stats.caffemodel")
+    net, z = sop_deploy_case(shared)
     inputs = {"data": z["input/data"]}
     generated = generate(net)
     assert generated.outputs == ["pool5/7x7_s1"]

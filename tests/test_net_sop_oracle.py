@@ -153,12 +153,9 @@ def test_sop_train_net_gradients_are_as_close_to_caffe_as_float64_arithmetic_is(
 
 
 def test_sop_deploy_net_in_test_phase_matches_caffe_after_two_copy_from(shared):
-    case = shared("oracle", "osm_caa", "net_sop_deploy_test")
-    train_weights = (case / (case / "TRAIN_WEIGHTS.txt").read_text().strip()).resolve()
-    z = np.load(case / "expected.npz")
-    net = Net(case / "net.prototxt", phase="test")
-    net.copy_from(train_weights)
-    net.copy_from(case / "bn_stats.caffemodel")
+    from oracle_cases import sop_deploy_case
+
+    net, z = sop_deploy_case(shared)
     with torch.no_grad():
         out = net.forward(data=z["input/data"])
     feature = z["feature/pool5/7x7_s1"]
