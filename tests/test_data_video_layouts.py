@@ -147,37 +147,15 @@ def test_lpw_wrong_root_and_mars_query_split_for_lpw_are_one_line(tmp_path, caps
 
 
 def test_reproduce_runs_the_mars_protocol_on_lists_written_by_make_lists(tmp_path, monkeypatch):
-    from rll_repro import recipes
-    from rll_repro.net import Net
-    from rll_repro.recipes.settings import OSM_COMMIT, OSM_REPOSITORY, Deploy, GeneratedFile, Original, Setting
-
-    from test_reproduce_pipeline import DEPLOY, SOLVER
-    from test_reproduce_video import TRAIN
+    from test_reproduce_video import register_tiny_mars
 
     root = fake_mars(tmp_path / "MARS", images=True)
     out, nets = tmp_path / "lists", tmp_path / "prototxt"
     out.mkdir()
-    nets.mkdir()
     for split, name in (("train", "train_data_r.mat"), ("test", "test_data_r.mat"), ("query", "query_IDX.mat")):
         assert cli.main(["make-lists", "mars", str(root), str(out / name), "--split", split]) == 0
-    for name, text in (("train", TRAIN), ("solver", SOLVER), ("test_M", DEPLOY)):
-        (nets / f"{name}.prototxt").write_text(text)
-    weights = tmp_path / "init.caffemodel"
-    Net(str(nets / "train.prototxt"), phase="train").save(str(weights))
-    original = Original(OSM_REPOSITORY, OSM_COMMIT, "tiny")
-    gen = lambda rel, kind: GeneratedFile(str(nets / rel), kind, original, lambda: None)  # noqa: E731
     name = "tiny-mars-make-lists"
-    setting = Setting(
-        name=name, paper="osm_caa", dataset="MARS", description="tiny MARS from make-lists",
-        train=gen("train.prototxt", "train"), solver=gen("solver.prototxt", "solver"),
-        deploys=(Deploy("M", ("M",), gen("test_M.prototxt", "deploy"), 5, (2,)),),
-        classes_per_batch=2, images_per_class=6, tracklets_per_class=2, frames_per_tracklet=3,
-        sampler="TrackletBatchSampler", train_transform="osm_offline_transform",
-        test_transform="osm_offline_transform", input_size=32, max_iter=2, save_start=2, save_interval=2,
-        eval_protocol="mars", recall_ks=(1, 5, 10, 20),
-        data_files=("train_data_r.mat", "test_data_r.mat", "query_IDX.mat"), published=())
-    recipes.names()
-    monkeypatch.setitem(recipes.REGISTRY, name, setting)
+    weights = register_tiny_mars(monkeypatch, nets, tmp_path, name, "tiny MARS from make-lists")
     code = cli.main(["reproduce", name, "--data-root", str(root), "--lists", str(out), "--weights", str(weights),
                      "--out", str(tmp_path / "run"), "--threads", "1"])
     assert code == 0

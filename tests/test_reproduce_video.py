@@ -31,7 +31,6 @@ def mars(tmp_path, monkeypatch):
     import torch
 
     from rll_repro.matfile import savemat
-    from rll_repro.net import Net
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -62,15 +61,24 @@ def mars(tmp_path, monkeypatch):
                                         "test_labels": np.array([p for p, _, _ in test], float).reshape(-1, 1),
                                         "test_cameras": np.array([c for _, c, _ in test], float).reshape(-1, 1)})
     savemat(lists / "query_IDX.mat", {"query_IDX": np.array([[1.0, 3.0, 5.0]])})  # the camera-1 tracklets
+    weights = register_tiny_mars(monkeypatch, nets, tmp_path, NAME, "tiny MARS-style test setting")
+    return {"root": root, "lists": lists, "weights": weights, "out": tmp_path / "run"}
+
+
+def register_tiny_mars(monkeypatch, nets, tmp_path, name: str, description: str):
+    """Write the tiny MARS nets into ``nets``, register setting ``name`` for this test, return the
+    caffemodel of the train net's fillers (its --weights)."""
+    from rll_repro.net import Net
+
     nets.mkdir()
-    for name, text in (("train", TRAIN), ("solver", SOLVER), ("test_M", DEPLOY)):
-        (nets / f"{name}.prototxt").write_text(text)
+    for net_name, text in (("train", TRAIN), ("solver", SOLVER), ("test_M", DEPLOY)):
+        (nets / f"{net_name}.prototxt").write_text(text)
     weights = tmp_path / "init.caffemodel"
     Net(str(nets / "train.prototxt"), phase="train").save(str(weights))
     original = Original(OSM_REPOSITORY, OSM_COMMIT, "tiny")
     gen = lambda rel, kind: GeneratedFile(str(nets / rel), kind, original, lambda: None)  # noqa: E731
     setting = Setting(
-        name=NAME, paper="osm_caa", dataset="MARS", description="tiny MARS-style test setting",
+        name=name, paper="osm_caa", dataset="MARS", description=description,
         train=gen("train.prototxt", "train"), solver=gen("solver.prototxt", "solver"),
         deploys=(Deploy("M", ("M",), gen("test_M.prototxt", "deploy"), 5, (2,)),),
         classes_per_batch=2, images_per_class=6, tracklets_per_class=2, frames_per_tracklet=3,
@@ -79,8 +87,8 @@ def mars(tmp_path, monkeypatch):
         eval_protocol="mars", recall_ks=(1, 5, 10, 20),
         data_files=("train_data_r.mat", "test_data_r.mat", "query_IDX.mat"), published=())
     recipes.names()
-    monkeypatch.setitem(recipes.REGISTRY, NAME, setting)
-    return {"root": root, "lists": lists, "weights": weights, "out": tmp_path / "run"}
+    monkeypatch.setitem(recipes.REGISTRY, name, setting)
+    return weights
 
 
 def test_mars_setting_trains_on_tracklets_and_writes_the_avg_file(mars, monkeypatch):
