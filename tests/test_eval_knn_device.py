@@ -53,7 +53,8 @@ def test_recall_runs_on_meta():
     assert all(v.device.type == "meta" for v in out.values())
 
 
-def test_eval_features_device_flag_gives_the_host_numbers(tmp_path, capsys):
+def test_eval_features_accepts_device_and_on_the_cpu_keeps_the_host_numbers(tmp_path, capsys):
+    """(the device path itself is checked against the host ranks above; a CPU device keeps the host path)"""
     from rll_repro.cli import main
 
     rng = np.random.default_rng(4)
