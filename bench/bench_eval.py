@@ -7,8 +7,9 @@ Figures (best of --repeats, seconds):
                 (2048-row blocks, as the evaluation uses; the same FLOPs as one full product without
                 its 14.6 GB result); --small-blocks adds the same with 512-row blocks
   bare full     one torch.mm(X, X.T) with its full result (only with --full: needs ~15 GB)
-  Recall@K      the whole SOP evaluation (normalise, symmetric first-hit ranks: each block of X·Xᵀ
-                once, for its rows and its columns; Recall@1,10,100,1000): eval.metrics.recall_at_k
+  Recall@K      the whole SOP evaluation (normalise, symmetric first-hit ranks: each tile of X·Xᵀ
+                once, for its rows and its columns, on worker threads; Recall@1,10,100,1000):
+                eval.metrics.recall_at_k
   plain         the same ranks without the symmetry (every row's similarities; only with --plain)
   In-shop       a 14,218 x 12,612 query x gallery Recall@1..50 against its own bare Q·Gᵀ in
                 2048-row blocks (only with --inshop)
@@ -93,7 +94,7 @@ def main() -> None:
     p.add_argument("--small-blocks", action="store_true", help="also time the bare matmul in 512-row blocks")
     p.add_argument("--full", action="store_true", help="also time one full product (needs ~15 GB)")
     args = p.parse_args()
-    order = (["matmul", "recall"] + (["plain"] if args.plain else []) + (["matmul512"] if args.small_blocks else [])
+    order = (["recall", "matmul"] + (["plain"] if args.plain else []) + (["matmul512"] if args.small_blocks else [])
              + (["inshop_matmul", "inshop"] if args.inshop else []) + (["topk"] if args.topk else [])
              + (["full"] if args.full else []))
     labels = {"matmul": "bare matmul 2048-row blks", "matmul512": "bare matmul 512-row blks", "full": "bare matmul (full result)",

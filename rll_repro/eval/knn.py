@@ -21,6 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from rll_repro.errors import DataError
+from rll_repro.eval import counts, workers
+from rll_repro.eval.symmetric import MIN_ROWS as SYMMETRIC_MIN_ROWS, symmetric_ranks
 
 DEFAULT_BLOCK_ROWS = 2048  # 2048 x 60,502 float32 = 496 MB per block; fewer, larger matmuls
 
@@ -115,7 +117,7 @@ def first_hit_ranks(query: np.ndarray, q_labels, gallery: np.ndarray | None = No
     Rank of the best positive p of row q = #{j: s_j > s_p} + #{j < p: s_j == s_p}: exactly its position
     under a stable descending sort of that row's float32 similarities.
 
-    Self-retrieval with ``exclude_self`` takes the symmetric path (:func:`_symmetric_ranks`: each
+    Self-retrieval with ``exclude_self`` takes the symmetric path (:func:`.symmetric.symmetric_ranks`: each
     block of X·Xᵀ computed once, for its rows and its columns) unless ``symmetric=False``.
     """
     torch = _torch()
@@ -132,165 +134,24 @@ def first_hit_ranks(query: np.ndarray, q_labels, gallery: np.ndarray | None = No
     if exclude_self and nq != ng:
         raise DataError("exclude_self needs query and gallery to be the same items")
     if same and exclude_self and symmetric is not False and nq >= SYMMETRIC_MIN_ROWS:
-        return _symmetric_ranks(Q, ql, block_rows, progress)
+        return symmetric_ranks(torch, Q, ql, block_rows, progress)
     positives = _Positives(ql, gl)
     Qt, Gt = torch.from_numpy(np.ascontiguousarray(Q)), torch.from_numpy(np.ascontiguousarray(G))
     ranks = np.empty(nq, dtype=np.int64)
     block_rows = max(1, min(block_rows, nq))
     sim = torch.empty(block_rows, ng, dtype=torch.float32)
-    mask = np.empty((block_rows, ng), dtype=np.bool_)
-    workers = max(1, min(torch.get_num_threads(), 8))
-    pool = ThreadPoolExecutor(workers) if workers > 1 else None
-    try:
-        _rank_blocks(Qt, Gt, ranks, sim, mask, pool, workers, positives, ql, gl, exclude_self,
-                     block_rows, progress)
-    finally:
-        if pool is not None:
-            pool.shutdown()
-    return ranks
-
-
-SYMMETRIC_TILE_COLS = 8192  # columns per similarity tile of the symmetric path (b x 8192 float32)
-SYMMETRIC_MIN_ROWS = 64  # rows (and columns) per product at least: tiny ones go to other BLAS kernels
-BAND_ROWS = 512  # rows per product of pass 1 (few calls: small multi-threaded products suffer under load)
-
-
-def _even_bounds(start: int, stop: int, size: int) -> list[tuple[int, int]]:
-    """start:stop cut into ceil(len / size) nearly equal parts (no small remainder)."""
-    parts = max(1, -(-(stop - start) // size))
-    edges = [start + (stop - start) * i // parts for i in range(parts + 1)]
-    return list(zip(edges[:-1], edges[1:]))
-
-
-def _symmetric_ranks(X: np.ndarray, labels: np.ndarray, block_rows: int, progress) -> np.ndarray:
-    """:func:`first_hit_ranks` of X against itself, self excluded, each pair's similarity computed once.
-
-    The items are put in label order (a stable permutation), so the positives of every row lie in a
-    narrow band around the diagonal. Pass 1 computes that band only (products of 512-row slices with
-    the columns of their classes) and finds each row's best positive: similarity s_p, lowest original
-    index p among equals, how many positives tie at it. Pass 2 walks the staircase of blocks (rows
-    r0:r1, columns r0:n) once, positives (and self) masked out: every block counts, for its rows
-    and (transposed, beyond the diagonal block) for its columns, how many similarities are > s_p
-    and >= s_p. rank = #(> s_p) + #(j < p, s_j == s_p); the second term is nonzero only in rows where
-    some non-positive ties with s_p, and those rows (rare outside synthetic data) are recomputed in
-    original order. Positives' similarities come from pass 1 only and the others' from pass 2 only,
-    so the ranks are consistent whatever the BLAS does. They equal the plain path's wherever the
-    similarity of (i, j) is the same float32 number wherever a product computes it (s_ij == s_ji).
-    This machine's MKL sgemm gives that for products of 64 rows or more (checked: identical ranks on
-    60,502 x 512 SOP-like features, labels sorted and shuffled); matrix-vector kernels (one row) do
-    not, hence every product here has at least ``SYMMETRIC_MIN_ROWS`` // 2 rows (even cuts; rows to
-    recompute are padded). Where a BLAS's last bit depends on the block shape (MKL's AVX2 path), a
-    near tie within one ulp may rank differently, exactly as the plain path's ranks then depend on
-    ``block_rows``. tests/test_eval_knn.py compares both paths on exactly representable features.
-    """
-    torch = _torch()
-    n = X.shape[0]
-    blocks = _even_bounds(0, n, max(block_rows, SYMMETRIC_MIN_ROWS))
-    b = max(r1 - r0 for r0, r1 in blocks)
-    perm = np.argsort(labels, kind="stable")
-    lab = labels[perm]
-    first = np.searchsorted(lab, lab, side="left")  # class extent of each permuted item
-    last = np.searchsorted(lab, lab, side="right")
-    Xp = torch.from_numpy(np.ascontiguousarray(X[perm]))
-    big = np.iinfo(np.int64).max
-    best = np.full(n, -np.inf, dtype=np.float32)
-    p = np.full(n, big, dtype=np.int64)
-    for r0, r1 in _even_bounds(0, n, BAND_ROWS):  # pass 1: the band of positives
-        lo, hi = int(first[r0]), int(last[r1 - 1])
-        band = torch.mm(Xp[r0:r1], Xp[lo:hi].T).numpy()
-        rows = np.arange(r1 - r0)
-        cols = np.arange(lo, hi)
-        pos = (cols[None, :] >= first[r0:r1, None]) & (cols[None, :] < last[r0:r1, None])
-        pos[rows, r0 + rows - lo] = False  # not itself
-        masked = np.where(pos, band, np.float32(-np.inf))
-        best[r0:r1] = masked.max(axis=1)
-        at_best = pos & (masked == best[r0:r1, None])
-        p[r0:r1] = np.where(at_best, perm[lo:hi][None, :], big).min(axis=1)
-    has = np.isfinite(best)
-    thr = np.where(has, best, np.float32(np.inf)).astype(np.float32)
-    greater = np.zeros(n, dtype=np.int64)  # non-positives above s_p
-    at_least = np.zeros(n, dtype=np.int64)  # non-positives at or above s_p
-    width = max(SYMMETRIC_TILE_COLS, b)
-    buf = torch.empty(b * width, dtype=torch.float32)
-    mask = np.empty(b * width, dtype=np.bool_)
-    workers = max(1, min(torch.get_num_threads(), 8))
-    pool = ThreadPoolExecutor(workers) if workers > 1 else None
-    try:
-        for r0, r1 in blocks:  # pass 2: the staircase, each block once
-            k = r1 - r0
-            band_end = int(last[r1 - 1])  # positives of these rows (and they themselves) lie before it
-            for c0, c1 in _even_bounds(r0, n, width):
-                s = buf[:k * (c1 - c0)].view(k, c1 - c0)
-                torch.mm(Xp[r0:r1], Xp[c0:c1].T, out=s)
-                sn = s.numpy()
-                if c0 < band_end:  # mask the pairs of one class (pass 1 ranked them)
-                    cols = np.arange(c0, min(c1, band_end))
-                    same = (cols[None, :] >= first[r0:r1, None]) & (cols[None, :] < last[r0:r1, None])
-                    sn[:, :cols.size][same] = -np.inf
-                off = max(r1 - c0, 0)  # columns beyond the diagonal block count for their own rows too
-                g_rows, a_rows, g_cols, a_cols = _count_tile(pool, workers, sn, mask[:sn.size].reshape(sn.shape),
-                                                             thr[r0:r1], thr[c0 + off:c1], off)
-                greater[r0:r1] += g_rows
-                at_least[r0:r1] += a_rows
-                greater[c0 + off:c1] += g_cols
-                at_least[c0 + off:c1] += a_cols
+    n_workers = workers.worker_count(block_rows)
+    masks = [counts.mask_buffer(COUNT_CHUNK_ROWS, ng) for _ in range(n_workers)]
+    with ThreadPoolExecutor(n_workers) as pool:
+        for start in range(0, nq, block_rows):
+            stop = min(start + block_rows, nq)
+            ranks[start:stop] = _rank_block(Qt, Gt, sim, pool, masks, positives, ql, gl, exclude_self, start, stop)
             if progress is not None:
-                progress.update(k)
-    finally:
-        if pool is not None:
-            pool.shutdown()
-    rank = greater
-    tied = np.flatnonzero(has & (at_least > greater))  # a non-positive ties with s_p: index order decides
-    if tied.size:
-        Xt = torch.from_numpy(np.ascontiguousarray(X))
-        cols = np.arange(n)
-        for c0 in range(0, tied.size, b):
-            t = tied[c0:c0 + b]
-            orig = perm[t]
-            padded = np.resize(orig, max(t.size, min(SYMMETRIC_MIN_ROWS, n)))  # a matrix product, see above
-            s = torch.mm(Xt[padded], Xt.T).numpy()[:t.size]
-            other = labels[None, :] != lab[t, None]
-            rank[t] += ((s == best[t, None]) & (cols[None, :] < p[t, None]) & other).sum(axis=1)
-    ranks = np.empty(n, dtype=np.int64)
-    ranks[perm] = np.where(has, rank, n - 1)  # no positive: self (last, same class) is the first hit
+                progress.update(stop - start)
     return ranks
 
 
-COUNT_CHUNK_ROWS = 16  # rows compared at a time: their similarities stay in cache for every compare
-
-
-def _count_tile(pool, workers, sn, mask, thr_rows, thr_cols, off):
-    """Per row of the tile ``sn``: #(> thr_rows), #(>= thr_rows); per column from ``off`` on: the same
-    against thr_cols. Row ranges go to the worker threads (numpy releases the GIL), each in chunks of
-    ``COUNT_CHUNK_ROWS`` rows so that the four compares read memory once."""
-    k = sn.shape[0]
-    bounds = np.linspace(0, k, min(workers, k) + 1).astype(np.int64)
-    t_rows, t_cols = thr_rows[:, None], thr_cols[None, :]
-    out = [None] * (len(bounds) - 1)
-
-    def work(i: int) -> None:
-        lo, hi = int(bounds[i]), int(bounds[i + 1])
-        g_rows, a_rows = np.empty(hi - lo, np.int64), np.empty(hi - lo, np.int64)
-        g_cols, a_cols = np.zeros(t_cols.shape[1], np.int64), np.zeros(t_cols.shape[1], np.int64)
-        for c in range(lo, hi, COUNT_CHUNK_ROWS):
-            e = min(c + COUNT_CHUNK_ROWS, hi)
-            sub, m = sn[c:e], mask[c:e]
-            for compare, dest in ((np.greater, g_rows), (np.greater_equal, a_rows)):
-                compare(sub, t_rows[c:e], out=m)
-                dest[c - lo:e - lo] = m.view(np.uint8).sum(axis=1, dtype=np.int32)
-            mm = m[:, off:]
-            for compare, dest in ((np.greater, g_cols), (np.greater_equal, a_cols)):
-                compare(sub[:, off:], t_cols, out=mm)
-                dest += mm.view(np.uint8).sum(axis=0, dtype=np.int32)
-        out[i] = (g_rows, a_rows, g_cols, a_cols)
-
-    if pool is None or len(out) == 1:
-        for i in range(len(out)):
-            work(i)
-    else:
-        list(pool.map(work, range(len(out))))
-    return (np.concatenate([c[0] for c in out]), np.concatenate([c[1] for c in out]),
-            sum(c[2] for c in out), sum(c[3] for c in out))
+COUNT_CHUNK_ROWS = 32  # rows compared at a time: their similarities stay in cache for both compares
 
 
 def _similarity_block(Qt, Gt, sim, start: int, stop: int, exclude_self: bool):
@@ -304,61 +165,36 @@ def _similarity_block(Qt, Gt, sim, start: int, stop: int, exclude_self: bool):
     return s
 
 
-def _rank_blocks(Qt, Gt, ranks, sim, mask, pool, workers, positives, ql, gl, exclude_self,
-                 block_rows, progress) -> None:
-    """The block loop of :func:`first_hit_ranks`; writes ``ranks`` in place."""
-    nq, ng = Qt.shape[0], Gt.shape[0]
-    cols = np.arange(ng)
-    for start in range(0, nq, block_rows):
-        stop = min(start + block_rows, nq)
-        b = stop - start
-        s = _similarity_block(Qt, Gt, sim, start, stop, exclude_self)
-        rows = np.arange(b)
-        sn = s.numpy()
-        # best positive: highest similarity, lowest gallery index among equals
-        best, p, n_tied = _best_positive(sn, rows, start, positives, ql, gl, exclude_self)
-        has = np.isfinite(best)
-        thr = np.where(has, best, np.inf).astype(np.float32)[:, None]
-        # rank = #(strictly greater) + #(ties of lower index); only the best positive and positives
-        # tied with it at or above s_p (p is the lowest index among them) leave the second term 0
-        above, at_or_above = _count_rows(pool, workers, sn, thr, mask[:b])
-        rank = np.where(has, above, 0)
-        tied = np.flatnonzero(has & (at_or_above - above > n_tied))
-        if tied.size:
-            eq = (sn[tied] == thr[tied]) & (cols[None, :] < p[tied, None])
-            rank[tied] += eq.sum(axis=1)
-        if exclude_self:
-            # self sits last (position ng-1) and is same-class: the first hit is never later than that
-            rank = np.where(has, rank, ng - 1)
-        else:
-            rank = np.where(has, rank, ng)
-        ranks[start:stop] = rank
-        if progress is not None:
-            progress.update(b)
-
-
-def _count_rows(pool, workers, sn, thr, mask) -> tuple[np.ndarray, np.ndarray]:
-    """Per row of ``sn``: how many entries are > and >= its threshold. Rows are split over the worker
-    threads (numpy releases the GIL), each in chunks of ``COUNT_CHUNK_ROWS`` rows, so that both
-    compares read memory once."""
-    b = sn.shape[0]
-    parts = min(workers if pool is not None else 1, b)
-    bounds = np.linspace(0, b, parts + 1).astype(np.int64)
+def _rank_block(Qt, Gt, sim, pool, masks, positives, ql, gl, exclude_self, start: int, stop: int) -> np.ndarray:
+    """First-hit ranks of query rows start:stop (:func:`first_hit_ranks`): one product with torch's
+    threads into ``sim``, then the counts split over the pool's threads (one mask buffer each)."""
+    ng = Gt.shape[0]
+    b = stop - start
+    sn = _similarity_block(Qt, Gt, sim, start, stop, exclude_self).numpy()
+    rows = np.arange(b)
+    # best positive: highest similarity, lowest gallery index among equals
+    best, p, n_tied = _best_positive(sn, rows, start, positives, ql, gl, exclude_self)
+    has = np.isfinite(best)
+    thr = np.where(has, best, np.inf).astype(np.float32)[:, None]
+    # rank = #(strictly greater) + #(ties of lower index); only the best positive and positives
+    # tied with it at or above s_p (p is the lowest index among them) leave the second term 0
     above, at_or_above = np.empty(b, dtype=np.int64), np.empty(b, dtype=np.int64)
+    edges = np.linspace(0, b, min(len(masks), b) + 1).astype(np.int64)
 
-    def work(i: int) -> None:
-        for c in range(int(bounds[i]), int(bounds[i + 1]), COUNT_CHUNK_ROWS):
-            e = min(c + COUNT_CHUNK_ROWS, int(bounds[i + 1]))
-            for compare, dest in ((np.greater, above), (np.greater_equal, at_or_above)):
-                compare(sn[c:e], thr[c:e], out=mask[c:e])
-                dest[c:e] = mask[c:e].view(np.uint8).sum(axis=1, dtype=np.int32)
+    def count(i: int) -> None:  # numpy releases the GIL: the row ranges run in parallel
+        for c in range(int(edges[i]), int(edges[i + 1]), COUNT_CHUNK_ROWS):
+            e = min(c + COUNT_CHUNK_ROWS, int(edges[i + 1]))
+            above[c:e] = counts.row_counts(counts.compare(sn[c:e], thr[c:e], masks[i], True))
+            at_or_above[c:e] = counts.row_counts(counts.compare(sn[c:e], thr[c:e], masks[i], False))
 
-    if pool is None or parts == 1:
-        for i in range(parts):
-            work(i)
-    else:
-        list(pool.map(work, range(parts)))
-    return above, at_or_above
+    list(pool.map(count, range(len(edges) - 1)))
+    rank = np.where(has, above, 0)
+    tied = np.flatnonzero(has & (at_or_above - above > n_tied))
+    if tied.size:
+        eq = (sn[tied] == thr[tied]) & (np.arange(ng)[None, :] < p[tied, None])
+        rank[tied] += eq.sum(axis=1)
+    # no positive: with exclude_self, self sits last (position ng-1) and is same-class
+    return np.where(has, rank, ng - 1 if exclude_self else ng)
 
 
 def recall_from_ranks(ranks: np.ndarray, ks, n_gallery: int) -> dict[str, float]:

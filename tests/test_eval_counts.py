@@ -1,0 +1,58 @@
+"""Word-wise mask counting (rll_repro.eval.counts) and the tile workers (rll_repro.eval.workers):
+exact integer counts against numpy's own, whatever the width (padding, groups of 255 words) and
+whatever an earlier, wider compare left in the buffer."""
+import numpy as np
+import pytest
+import torch
+
+from rll_repro.eval import counts, workers
+
+
+@pytest.mark.parametrize("cols", [1, 7, 8, 9, 2040, 2041, 4100, 12612])
+def test_row_and_column_counts_equal_numpys(cols):
+    rng = np.random.default_rng(cols)
+    values = rng.integers(-3, 4, (37, cols)).astype(np.float32)  # many exact ties with the thresholds
+    thr_rows = rng.integers(-3, 4, (37, 1)).astype(np.float32)
+    thr_cols = rng.integers(-3, 4, (1, cols)).astype(np.float32)
+    mask = counts.mask_buffer(64, 12612)
+    mask[:] = True  # stale bits from an earlier, wider compare must not be counted
+    for strict in (True, False):
+        ref_rows = (values > thr_rows) if strict else (values >= thr_rows)
+        assert counts.row_counts(counts.compare(values, thr_rows, mask, strict)).tolist() == ref_rows.sum(1).tolist()
+        ref_cols = (values > thr_cols) if strict else (values >= thr_cols)
+        got = counts.column_counts(counts.compare(values, thr_cols, mask, strict), cols)
+        assert got.tolist() == ref_cols.sum(0).tolist()
+
+
+def test_column_counts_refuse_more_rows_than_a_byte_lane_holds():
+    mask = counts.mask_buffer(300, 16)
+    words = counts.compare(np.ones((256, 16), np.float32), np.zeros((1, 16), np.float32), mask, True)
+    with pytest.raises(ValueError, match="at most 255 rows"):
+        counts.column_counts(words, 16)
+    assert counts.row_counts(words).tolist() == [16] * 256  # rows are fine
+
+
+def test_run_tasks_gives_every_task_to_one_worker_and_restores_torch_threads():
+    before = torch.get_num_threads()
+
+    def work(state, task):
+        state.append(task)
+        assert torch.get_num_threads() == 1  # workers run single-threaded products
+
+    done = []
+    states = workers.run_tasks(range(50), list, work, 2, done.append)
+    assert sorted(t for s in states for t in s) == list(range(50))
+    assert sorted(done) == list(range(50)) and len(states) == 2
+    assert torch.get_num_threads() == before
+    assert workers.run_tasks(range(3), list, lambda s, t: s.append(t), 1) == [[0, 1, 2]]
+
+
+def test_run_tasks_restores_threads_after_an_error():
+    before = torch.get_num_threads()
+
+    def work(state, task):
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        workers.run_tasks(range(4), list, work, 2)
+    assert torch.get_num_threads() == before
