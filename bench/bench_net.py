@@ -104,6 +104,15 @@ def gemm_probe():
     return lambda: torch.mm(a, b)
 
 
+def page_faults(run) -> int:
+    """Minor page faults (fresh pages touched) during one call of ``run``."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    run()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+
 def profile_step(run, rows: int = 25) -> None:
     """torch.profiler's table (self CPU time) of one call of ``run`` after a warm-up."""
     from torch.profiler import ProfilerActivity, profile
@@ -122,11 +131,16 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--prototxt", default=str(PROTOTXT))
     parser.add_argument("--deploy", default=str(DEPLOY), help="deploy net for the TEST forward table ('' to skip)")
+    parser.add_argument("--default-allocator", action="store_true",
+                        help="leave glibc's malloc as it is (the solver keeps freed memory: rll_repro.host_memory)")
     parser.add_argument("--profile", action="store_true", help="print the profile of one Net train step and stop")
     parser.add_argument("--net-only", action="store_true",
                         help="time only the GEMM probe and the Net in both layouts (no plain modules, no deploy table)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    from rll_repro.host_memory import retain_freed_memory
+
+    retained = False if args.default_allocator else retain_freed_memory()  # as a CPU solver does
     from rll_repro.caffe.io import read_net_prototxt
     from rll_repro.net import Net
 
@@ -212,6 +226,8 @@ def main(argv=None):
           f"median (and best) of {args.iters} interleaved rounds after one warm-up each; "
           f"load average {load_before:.1f} -> {load_after:.1f}")
     print(f"GEMM probe {PROBE_N}^3 float32: median {probe:.4f} s (Caffe's session: {CAFFE_PROBE_S} s)")
+    print(f"freed host memory kept for reuse (rll_repro.host_memory, as the solver does): {retained}; "
+          f"page faults in one Net step: {page_faults(run_net)}")
     print(f"GEMM probe in CPU time (all threads): median {probe_cpu:.4f} s")
     print(f"{'variant':48s} {'s/iter':>8s} {'best':>8s} {'images/s':>9s} {'vs plain':>9s} {'vs Caffe':>9s} "
           f"{'CPU s':>8s} {'vs Caffe, CPU':>13s}")

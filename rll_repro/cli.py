@@ -85,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     _paths_print_as_given()
+    from rll_repro.host_memory import retain_freed_memory
+
+    retain_freed_memory()  # freed tensors stay in the heap for the next step (host_memory)
     try:
         return int(args._run(args) or 0)
     except BrokenPipeError:

@@ -131,6 +131,32 @@ def test_sop_train_net_backbone_gradients_match_caffe_within_float32_noise(sop_t
     assert err <= 1e-1, f"{key}: sampled values relative error {err:.2e}"
 
 
+def test_sop_train_net_solver_step_gradients_match_caffe_as_closely(sop_train):
+    """The solver's forward_backward keeps no blob diff, so each BatchNorm + Scale pair takes its
+    backward in one pass (layers/scale.py, channels_last CPU): the same tolerances hold."""
+    _, z, inputs, _, pycaffe_grads, _ = sop_train
+    from conftest import shared_path
+
+    case = shared_path("oracle", "rll", "net_sop_train")
+    net = Net(case / "net.prototxt", weights=case / "weights.caffemodel", phase="train")
+    for name in ("data", "label"):
+        net.blobs[name].reshape(*inputs[name].shape)
+    net.reshape()
+    net.blobs["data"].data[...] = inputs["data"]
+    net.blobs["label"].data[...] = inputs["label"]
+    net.clear_param_diffs()
+    net.forward_backward()
+    grads = {}
+    for key in pycaffe_grads:
+        layer, i = key[len("paramdiff/"):].rsplit("/", 1)
+        grads[key] = summary_errors(z, key, net.params[layer][int(i)].diff)
+    heads = {k: v for k, v in grads.items() if k[len("paramdiff/"):].startswith(HEADS)}
+    for errors, limits in ((heads, (1e-4, 2e-4)), (grads, (1e-2, 1e-1))):
+        for which, limit in zip(("aggregate", "values"), limits):
+            key, err = _worst(errors, which)
+            assert err <= limit, f"{key}: {which} relative error {err:.2e}"
+
+
 @pytest.mark.slow
 def test_sop_train_net_gradients_are_as_close_to_caffe_as_float64_arithmetic_is(sop_train):
     net32, z, inputs, _, grads32, _ = sop_train

@@ -57,6 +57,9 @@ class BuildContext:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # where the net runs
     runtime_generator: torch.Generator | None = None  # on ``device``: Dropout's masks (None: global RNG)
     parallel: object | None = None  # rll_repro.net.parallel.DataParallel of a data-parallel TRAIN net
+    # set by the net for each forward: no blob diff is kept, so layers may fuse their backward with
+    # the next layer's (BatchNorm + Scale) and leave the intermediate tensor without a gradient
+    fuse_backward: bool = False
 
 
 class Layer(nn.Module):

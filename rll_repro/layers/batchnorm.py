@@ -138,8 +138,11 @@ class BatchNorm(Layer):
         if self.ctx.parallel is not None:
             return (self._forward_over_ranks(x4).reshape(shape),)
         m = count(x4.shape) // self.channels
+        fusable = False
         if m > 1 and _is_channels_last_cpu(x4):
             y, batch_mean, batch_var = _ChannelsLastBatchStats.apply(x4, self.eps)
+            fusable = self.ctx.fuse_backward and x.dim() == 4 and y.requires_grad
+            invstd = torch.rsqrt(batch_var + self.eps) if fusable else None
             batch_var = batch_var * (m / (m - 1))  # the unbiased variance, as the momentum-1 buffers get
         elif m > 1:
             batch_mean = torch.zeros(self.channels, dtype=x.dtype, device=x.device)
@@ -155,4 +158,8 @@ class BatchNorm(Layer):
             factor.mul_(lam).add_(1.0)
             mean_sum.mul_(lam).add_(batch_mean)
             var_sum.mul_(lam).add_(batch_var)
+        if fusable:
+            # a Scale reading y may take the backward of both layers in one pass (scale.py)
+            y.batch_norm_input = (x4, batch_mean, invstd, self.eps)
+            return (y,)
         return (y.reshape(shape),)

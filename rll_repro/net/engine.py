@@ -138,6 +138,7 @@ class Engine:
     def _run_forward(self, keep_diffs: bool = True, start: int = 0, end: int | None = None) -> dict:
         track = torch.is_grad_enabled()
         keep = keep_diffs and track
+        self.ctx.fuse_backward = track and not keep and start == 0
         data: dict[str, torch.Tensor] = {}
         first: dict[str, torch.Tensor] = {}  # alias root -> first tensor written (its grad is the diff)
         latest: dict[str, torch.Tensor] = {}  # alias root -> last tensor written (the data)
