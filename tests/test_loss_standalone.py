@@ -141,3 +141,12 @@ def test_an_embedding_whose_squared_norm_is_zero_is_a_data_error_not_a_silent_na
     emb[2] = row
     with pytest.raises(DataError, match="embedding 2 has a squared norm of 0"):
         RankedListLoss(mode=mode)(emb, torch.arange(6) % 3)
+
+
+def test_huge_finite_embeddings_whose_sum_overflows_are_accepted():
+    """The finite check sums the batch first; an overflowing sum of finite values (3e38 each) must
+    fall back to the elementwise test, not be reported as NaN/Inf."""
+    x = torch.full((6, 4), 3e38)
+    x[:, 1] = torch.arange(6.0) * 1e37
+    loss = RankedListLoss()(x, torch.tensor([0, 1, 0, 1, 0, 1]))
+    assert torch.isfinite(loss)

@@ -38,18 +38,20 @@ class L2NormalizeFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, eps: float):
         x2 = x.reshape(x.shape[0], -1)
-        y = (x2 * _pow(sum64(x2 * x2, 1, keepdim=True), eps, -0.5)).reshape(x.shape)
-        ctx.save_for_backward(x, y)
-        ctx.eps = eps
+        scale = _pow(sum64(x2 * x2, 1, keepdim=True), eps, -0.5)
+        y = (x2 * scale).reshape(x.shape)
+        # Caffe's backward recomputes the norm from x: the same operations on the same x give this
+        # very value (autograd's version check refuses an x changed in place in between)
+        ctx.save_for_backward(x, y, scale)
         return y
 
     @staticmethod
     def backward(ctx, grad_y: torch.Tensor):
-        x, y = ctx.saved_tensors
+        x, y, scale = ctx.saved_tensors
         n = x.shape[0]
-        x2, y2, g2 = (t.reshape(n, -1) for t in (x, y, grad_y))
+        y2, g2 = y.reshape(n, -1), grad_y.reshape(n, -1)
         t = g2 - sum64(y2 * g2, 1, keepdim=True) * y2
-        return (t * _pow(sum64(x2 * x2, 1, keepdim=True), ctx.eps, -0.5)).reshape(x.shape), None
+        return (t * scale).reshape(x.shape), None
 
 
 class L1BatchNormalizeFunction(torch.autograd.Function):

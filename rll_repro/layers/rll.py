@@ -135,8 +135,9 @@ def _rll_value_and_grad(emb, labels, params: RLLParams, top_diff, era: str, need
                 wp64 = torch.where(same, w64, 0.0)
                 all_sum[r0:r1] += w64.sum(1)
                 pos_sum[r0:r1] += wp64.sum(1)
-                all_sum[r1:] += w64[:, k:].sum(0)
-                pos_sum[r1:] += wp64[:, k:].sum(0)
+                if r1 < n:
+                    all_sum[r1:] += w64[:, k:].sum(0)
+                    pos_sum[r1:] += wp64[:, k:].sum(0)
                 kept.append((d, same, w))
             if need_grad and value_bounds == bounds:
                 hinge = t.clamp_min(0.0)  # the value's thresholds are the weights' ones

@@ -23,9 +23,15 @@ def _check_embeddings(emb, who: str) -> torch.Tensor:
     if emb.shape[0] < 2:
         raise DataError(f"{who}: needs at least 2 embeddings to form a pair, got {emb.shape[0]} "
                         "(the Caffe layer would report 0/0 = NaN)")
-    if host_reads_allowed(emb) and not bool(torch.isfinite(emb).all()):  # no device sync on a GPU
+    if host_reads_allowed(emb) and not _all_finite(emb):  # no device sync on a GPU
         raise DataError(f"{who}: embeddings contain NaN or Inf")
     return emb.reshape(emb.shape[0], -1)
+
+
+def _all_finite(x: torch.Tensor) -> bool:
+    """Whether every value is finite: one sum (NaN or Inf anywhere makes it non-finite), and the
+    elementwise test only when the sum is not finite (it may also overflow from finite values)."""
+    return bool(torch.isfinite(x.sum())) or bool(torch.isfinite(x).all())
 
 
 def _check_per_sample(values, n: int, who: str, what: str, device: torch.device) -> torch.Tensor:
@@ -37,7 +43,7 @@ def _check_per_sample(values, n: int, who: str, what: str, device: torch.device)
         raise DataError(f"{who}: {what} must be integer or floating point, got {values.dtype}")
     if values.numel() != n:
         raise DataError(f"{who}: {what} has {values.numel()} values for {n} embeddings")
-    if values.is_floating_point() and host_reads_allowed(values) and not bool(torch.isfinite(values).all()):
+    if values.is_floating_point() and host_reads_allowed(values) and not _all_finite(values):
         raise DataError(f"{who}: {what} contain NaN or Inf")
     return values.reshape(n).to(device)
 
