@@ -128,3 +128,13 @@ def test_symmetric_path_equals_plain_path_through_l2_normalisation():
     x, labels = _tied_features(n=900, d=8, seed=5)
     assert (first_hit_ranks(x, labels, block_rows=128).tolist()
             == first_hit_ranks(x, labels, block_rows=128, symmetric=False).tolist())
+
+
+def test_symmetric_path_on_labels_already_in_order_uses_the_features_in_place():
+    """Test lists are sorted by class: the symmetric path then skips its permuted copy; the ranks are
+    still the plain path's (integer features: exact similarities, ties everywhere)."""
+    rng = np.random.default_rng(7)
+    x = rng.integers(-2, 3, (400, 5)).astype(np.float32)
+    labels = np.sort(rng.integers(0, 90, 400))
+    sym = first_hit_ranks(x, labels, block_rows=64, normalized=True)
+    assert sym.tolist() == first_hit_ranks(x, labels, block_rows=64, normalized=True, symmetric=False).tolist()

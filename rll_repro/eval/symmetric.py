@@ -88,11 +88,15 @@ def symmetric_ranks(torch, X: np.ndarray, labels: np.ndarray, block_rows: int, p
     """First-hit ranks of X (unit rows, float32) against itself, self excluded (module docstring)."""
     n = X.shape[0]
     row_block = max(min(block_rows, ROW_BLOCK), MIN_ROWS)
-    perm = np.argsort(labels, kind="stable")
+    if n < 2 or bool(np.all(labels[1:] >= labels[:-1])):  # already in label order (test lists are):
+        perm = np.arange(n)  # no permuted copy of the features
+        Xp = torch.from_numpy(np.ascontiguousarray(X))
+    else:
+        perm = np.argsort(labels, kind="stable")
+        Xp = torch.from_numpy(np.ascontiguousarray(X[perm]))
     lab = labels[perm]
     first = np.searchsorted(lab, lab, side="left")  # class extent of each permuted item
     last = np.searchsorted(lab, lab, side="right")
-    Xp = torch.from_numpy(np.ascontiguousarray(X[perm]))
     best, p = _best_positives(torch, Xp, perm, first, last)
     has = np.isfinite(best)
     thr = np.where(has, best, np.float32(np.inf)).astype(np.float32)
