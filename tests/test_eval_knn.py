@@ -138,3 +138,25 @@ def test_symmetric_path_on_labels_already_in_order_uses_the_features_in_place():
     labels = np.sort(rng.integers(0, 90, 400))
     sym = first_hit_ranks(x, labels, block_rows=64, normalized=True)
     assert sym.tolist() == first_hit_ranks(x, labels, block_rows=64, normalized=True, symmetric=False).tolist()
+
+
+class _Counter:
+    def __init__(self):
+        self.total = 0
+        self.calls = 0
+
+    def update(self, k: int) -> None:
+        self.total += k
+        self.calls += 1
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_progress_reports_every_query_row_once(symmetric):
+    """Both paths report progress in query rows, summing to the number of rows (the symmetric path
+    in proportion to the pairs its worker threads have counted)."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((700, 6)).astype(np.float32)
+    labels = rng.integers(0, 150, 700)
+    progress = _Counter()
+    first_hit_ranks(x, labels, block_rows=64, symmetric=symmetric, progress=progress)
+    assert progress.total == 700 and progress.calls > 1
