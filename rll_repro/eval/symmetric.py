@@ -4,14 +4,16 @@ MATLAB's scripts rank row q of X·Xᵀ (self set to distance +inf, stable sort).
 positive p is #{j: s_qj > s_p} + #{j < p: s_qj == s_p}; over non-positives, s_qj > s_p counts for row
 q and, read the other way, for row j against its own s_p. So the upper triangle of X·Xᵀ is enough:
 
-1. The items are put in label order (a stable permutation), so every row's positives lie in a narrow
-   band around the diagonal. Pass 1 computes that band only and finds each row's best positive:
-   similarity s_p, lowest original index p among equals.
-2. Pass 2 walks the upper triangle in tiles (rows r0:r1 of ``row_block``, columns r0:n cut at a
-   grid of ``TILE_COLS`` wide tiles, taken column tile by column tile so that concurrent tasks share
-   their columns in cache; the diagonal block computed in both orders), positives and self set to -inf, and counts for every tile row, and (beyond the diagonal block) for every tile column, how
-   many similarities are > s_p and >= s_p (:mod:`.counts`). Tiles go to worker threads, each with its
-   own single-threaded product (:mod:`.workers`): a tile is counted while it is in cache.
+1. The items are put in label order (a stable permutation; no copy when they already are), so every
+   row's positives lie in a narrow band around the diagonal. Pass 1 computes that band only and
+   finds each row's best positive: similarity s_p, lowest original index p among equals.
+2. Pass 2 walks the upper triangle in tiles: rows r0:r1 (a row block of at most ``ROW_BLOCK``),
+   columns r0:n cut into column tiles of whole row blocks (at most ``TILE_COLS`` wide), taken column
+   tile by column tile so that concurrent tasks share their columns in cache; the diagonal block is
+   computed in both orders. Positives and self are set to -inf, and every tile counts for each of its
+   rows, and (beyond the diagonal block) for each of its columns, how many similarities are > s_p
+   and >= s_p (:mod:`.counts`). Tiles go to worker threads, each with its own single-threaded
+   product (:mod:`.workers`): a tile is counted while it is in cache.
 3. rank = #(> s_p) + #(j < p, s_j == s_p); the second term is nonzero only in rows where a
    non-positive ties with s_p, and those rows (rare outside synthetic data) are recomputed in
    original order.
@@ -22,7 +24,7 @@ consistent whatever the BLAS does. They equal the plain path's (:func:`.knn.firs
 computes it (s_ij == s_ji). This machine's MKL sgemm gives that for products of 64 rows or more on
 one thread or several (checked: identical ranks on 30,000 and 60,502 x 512 SOP-like features);
 matrix-vector kernels (one row) do not, hence every product here has at least ``MIN_ROWS`` // 2 rows
-(even cuts; rows to recompute are padded). Where a BLAS's last bit depends on the block shape (MKL's
+and columns (even cuts, column tiles of whole row blocks; rows to recompute are padded). Where a BLAS's last bit depends on the block shape (MKL's
 AVX2 path), a near tie within one ulp may rank differently, exactly as the plain path's ranks then
 depend on ``block_rows``. tests/test_eval_knn.py compares both paths on exactly representable features.
 """
@@ -33,8 +35,8 @@ import numpy as np
 from rll_repro.eval import counts, workers
 
 ROW_BLOCK = 1020  # rows per tile at most
-TILE_COLS = 2040  # columns per tile at most (a row's mask is then 255 uint64 words, see counts)
-TILE_WIDTH = 4  # columns per tile at most, in rows per tile (small row blocks: several column tiles)
+TILE_COLS = 2040  # columns per tile at most (a row's mask is then one group of 255 words, see counts)
+TILE_WIDTH = 4  # row blocks per column tile at most (small row blocks: several column tiles)
 MIN_ROWS = 64  # rows (and columns) per product at least: tiny ones go to other BLAS kernels
 BAND_ROWS = 512  # rows per product of pass 1
 CHUNK_ROWS = 64  # tile rows compared at a time (at most counts.LANE_MAX)
@@ -101,9 +103,11 @@ def symmetric_ranks(torch, X: np.ndarray, labels: np.ndarray, block_rows: int, p
     has = np.isfinite(best)
     thr = np.where(has, best, np.float32(np.inf)).astype(np.float32)
     rows = even_bounds(0, n, row_block)
-    tasks = [(r0, r1, max(c0, r0), c1)  # column tile by column tile: concurrent tasks share their columns
-             for c0, c1 in even_bounds(0, n, min(TILE_COLS, TILE_WIDTH * row_block)) for r0, r1 in rows if r0 < c1]
     b = max(r1 - r0 for r0, r1 in rows)
+    per = max(1, min(TILE_WIDTH, TILE_COLS // b))  # row blocks per column tile: tiles start at row
+    col_tiles = [(rows[i][0], rows[min(i + per, len(rows)) - 1][1]) for i in range(0, len(rows), per)]
+    tasks = [(r0, r1, max(c0, r0), c1)  # edges, so no tile is a sliver of a few columns (see above);
+             for c0, c1 in col_tiles for r0, r1 in rows if r0 < c1]  # by column tile: shared columns
     width = max(c1 - c0 for _, _, c0, c1 in tasks)
     runs = {r0: _class_runs(lab, r0, r1) for r0, r1 in rows}
     total = sum((r1 - r0) * (c1 - c0) for r0, r1, c0, c1 in tasks)
