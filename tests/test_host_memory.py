@@ -40,5 +40,6 @@ def test_freed_blocks_are_reused_instead_of_faulted_in_again():
         pytest.skip("not glibc")
     off, faults_off = _child({"RLL_REPRO_RETAIN_MEMORY": "0"})
     assert not off  # switched off by the environment
-    # a step touches 76 MB (19,456 pages); glibc's defaults fault most of them in again every step
-    assert faults < 2000 and faults * 4 < faults_off, (faults, faults_off)
+    # a step touches 76 MB (19,456 pages): kept, they fault in only once (glibc 2.36's defaults
+    # fault 12,000-16,000 of them in again every step, a figure left to glibc's version)
+    assert faults < 2000, (faults, faults_off)
