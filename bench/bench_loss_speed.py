@@ -3,6 +3,7 @@ RankedListLoss vs pml's RankedListLoss, OSMCAALoss vs pml's ContrastiveLoss (OSM
 
     .venv/bin/python bench/bench_loss_speed.py [--sizes 180,512,1024,2048] [--threads 1,2] [--repeats 7]
     .venv/bin/python bench/bench_loss_speed.py --profile 2048   # where the time goes (one thread)
+    .venv/bin/python bench/bench_loss_speed.py --retain-memory  # glibc keeps freed blocks, as in a CPU solver
 
 D = 512, C x 3 batches (labels = arange(N) // 3), random embeddings; every loss normalises its input
 (ours: the forks' L2 Normalization with its own backward; pml: LpDistance's normalisation). pml's
@@ -143,7 +144,14 @@ def main():
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--profile", type=int, metavar="N", help="print the per-category profile at this N instead")
+    ap.add_argument("--retain-memory", action="store_true",
+                    help="keep freed host memory for reuse (rll_repro.host_memory, what the CLI and a CPU solver set) "
+                         "for both losses; default: the allocator as a library user has it")
     args = ap.parse_args()
+    if args.retain_memory:
+        from rll_repro.host_memory import retain_freed_memory
+
+        print(f"freed host memory kept for reuse: {retain_freed_memory()}")
     if args.profile:
         profile(args.profile)
         return
