@@ -56,3 +56,14 @@ def test_run_tasks_restores_threads_after_an_error():
     with pytest.raises(RuntimeError, match="boom"):
         workers.run_tasks(range(4), list, work, 2)
     assert torch.get_num_threads() == before
+
+
+def test_rows_and_columns_above_give_both_counts():
+    rng = np.random.default_rng(5)
+    values = rng.integers(-2, 3, (40, 3000)).astype(np.float32)
+    thr_rows, thr_cols = values[:, :1].copy(), values[:1, :].copy()  # ties in every row and column
+    mask = counts.mask_buffer(64, 3000)
+    g, a = counts.rows_above(values, thr_rows, mask)
+    assert g.tolist() == (values > thr_rows).sum(1).tolist() and a.tolist() == (values >= thr_rows).sum(1).tolist()
+    g, a = counts.columns_above(values, thr_cols, mask)
+    assert g.tolist() == (values > thr_cols).sum(0).tolist() and a.tolist() == (values >= thr_cols).sum(0).tolist()

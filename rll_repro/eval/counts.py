@@ -62,3 +62,15 @@ def column_counts(words: np.ndarray, cols: int) -> np.ndarray:
     if words.shape[0] > LANE_MAX:
         raise ValueError(f"column_counts: at most {LANE_MAX} rows at a time, got {words.shape[0]}")
     return words.sum(axis=0).view(np.uint8)[:cols]
+
+
+def rows_above(values: np.ndarray, threshold: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: how many values are > and >= its threshold (int64 each; ``threshold`` (rows, 1))."""
+    return tuple(row_counts(compare(values, threshold, mask, strict)) for strict in (True, False))
+
+
+def columns_above(values: np.ndarray, threshold: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per column of at most 255 rows: how many values are > and >= its threshold (uint8 each;
+    ``threshold`` (1, cols))."""
+    cols = values.shape[1]
+    return tuple(column_counts(compare(values, threshold, mask, strict), cols) for strict in (True, False))

@@ -184,8 +184,7 @@ def _rank_block(Qt, Gt, sim, pool, masks, positives, ql, gl, exclude_self, start
     def count(i: int) -> None:  # numpy releases the GIL: the row ranges run in parallel
         for c in range(int(edges[i]), int(edges[i + 1]), COUNT_CHUNK_ROWS):
             e = min(c + COUNT_CHUNK_ROWS, int(edges[i + 1]))
-            above[c:e] = counts.row_counts(counts.compare(sn[c:e], thr[c:e], masks[i], True))
-            at_or_above[c:e] = counts.row_counts(counts.compare(sn[c:e], thr[c:e], masks[i], False))
+            above[c:e], at_or_above[c:e] = counts.rows_above(sn[c:e], thr[c:e], masks[i])
 
     list(pool.map(count, range(len(edges) - 1)))
     rank = np.where(has, above, 0)

@@ -132,11 +132,13 @@ def symmetric_ranks(torch, X: np.ndarray, labels: np.ndarray, block_rows: int, p
         for c in range(0, r1 - r0, CHUNK_ROWS):
             e = min(c + CHUNK_ROWS, r1 - r0)
             sub, t_rows = sn[c:e], thr[r0 + c:r0 + e, None]
-            greater[r0 + c:r0 + e] += counts.row_counts(counts.compare(sub, t_rows, mask, True))
-            at_least[r0 + c:r0 + e] += counts.row_counts(counts.compare(sub, t_rows, mask, False))
+            g, a = counts.rows_above(sub, t_rows, mask)
+            greater[r0 + c:r0 + e] += g
+            at_least[r0 + c:r0 + e] += a
             if off < c1 - c0:
-                greater[c0 + off:c1] += counts.column_counts(counts.compare(sub[:, off:], t_cols, mask, True), c1 - c0 - off)
-                at_least[c0 + off:c1] += counts.column_counts(counts.compare(sub[:, off:], t_cols, mask, False), c1 - c0 - off)
+                g, a = counts.columns_above(sub[:, off:], t_cols, mask)
+                greater[c0 + off:c1] += g
+                at_least[c0 + off:c1] += a
 
     def done(task):
         if progress is not None:  # rows in proportion to the pairs counted

@@ -36,6 +36,21 @@ def _broadcast_shape(param, bottom_shape, axis_field, num_axes, operand_shape=No
     return axis, tuple(bottom_shape[axis:end])
 
 
+def _scale_bias(x, gamma, beta):
+    """x·γ + β per channel (axis 1), rounded as Caffe: the product, then the sum (no FMA)."""
+    shape = (-1,) + (1,) * (x.dim() - 2)
+    return (x * gamma.reshape(shape)).add_(beta.reshape(shape))
+
+
+def _like(grad, x):
+    """``grad`` in ``x``'s memory layout (NCHW or channels_last), as ATen's BatchNorm backward wants."""
+    return grad.contiguous(memory_format=torch.contiguous_format if x.is_contiguous() else torch.channels_last)
+
+
+def _input_mask(ctx):
+    return [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]]
+
+
 class _ChannelScaleBias(torch.autograd.Function):
     """y = x·γ + β per channel (axis 1), rounded as Caffe: the product, then the sum.
 
@@ -44,22 +59,16 @@ class _ChannelScaleBias(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, gamma, beta):
-        shape = (-1,) + (1,) * (x.dim() - 2)
         ctx.save_for_backward(x, gamma)
-        return (x * gamma.reshape(shape)).add_(beta.reshape(shape))
+        return _scale_bias(x, gamma, beta)
 
     @staticmethod
     def backward(ctx, grad):
         x, gamma = ctx.saved_tensors
-        channels = gamma.numel()
-        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]]
-        zeros = torch.zeros(channels, dtype=x.dtype, device=x.device)
-        ones = torch.ones(channels, dtype=x.dtype, device=x.device)
-        fmt = torch.contiguous_format if x.is_contiguous() else torch.channels_last
-        gx, gg, gb = torch.ops.aten.native_batch_norm_backward(
-            grad.contiguous(memory_format=fmt), x, gamma, zeros, ones, None, None, False, 0.0, mask
-        )
-        return gx, gg, gb
+        zeros = torch.zeros(gamma.numel(), dtype=x.dtype, device=x.device)
+        ones = torch.ones(gamma.numel(), dtype=x.dtype, device=x.device)
+        return tuple(torch.ops.aten.native_batch_norm_backward(
+            _like(grad, x), x, gamma, zeros, ones, None, None, False, 0.0, _input_mask(ctx)))
 
 
 class _BatchNormScaleBias(torch.autograd.Function):
@@ -73,16 +82,13 @@ class _BatchNormScaleBias(torch.autograd.Function):
     def forward(ctx, x, gamma, beta, x_hat, mean, invstd, eps):
         ctx.save_for_backward(x, gamma, mean, invstd)
         ctx.eps = eps
-        shape = (-1,) + (1,) * (x.dim() - 2)
-        return (x_hat * gamma.reshape(shape)).add_(beta.reshape(shape))
+        return _scale_bias(x_hat, gamma, beta)
 
     @staticmethod
     def backward(ctx, grad):
         x, gamma, mean, invstd = ctx.saved_tensors
-        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]]
-        grad = grad.contiguous(memory_format=torch.channels_last if not x.is_contiguous() else torch.contiguous_format)
-        gx, gg, gb = torch.ops.aten.native_batch_norm_backward(grad, x, gamma, None, None, mean, invstd, True,
-                                                               ctx.eps, mask)
+        gx, gg, gb = torch.ops.aten.native_batch_norm_backward(
+            _like(grad, x), x, gamma, None, None, mean, invstd, True, ctx.eps, _input_mask(ctx))
         return gx, gg, gb, None, None, None, None
 
 
@@ -132,8 +138,8 @@ class Scale(Layer):
     def forward(self, x, *rest):
         ndim = x.dim()
         channelwise = self.bias_term and not self.two_bottoms and self.axis == 1 and len(self.operand_shape) == 1
-        bn = getattr(x, "batch_norm_input", None)
-        if bn is not None and channelwise and self.ctx.fuse_backward:
+        bn = getattr(x, "batch_norm_input", None)  # set by a BatchNorm of this very forward (batchnorm.py)
+        if bn is not None and channelwise:
             x0, mean, invstd, eps = bn
             return (_BatchNormScaleBias.apply(x0, self.blobs[0], self.blobs[self.bias_index], x.detach(), mean, invstd, eps),)
         if channelwise and ndim >= 2 and (x.is_contiguous() or (ndim == 4 and x.is_contiguous(memory_format=torch.channels_last))):
