@@ -27,11 +27,14 @@ from __future__ import annotations
 
 import torch
 
+from rll_repro.layers import _pair_native
+
 F64 = torch.float64
 NEAR = 1e-6  # relative Gram d2 below which a pair is recomputed from its difference vector
 MIN_BLOCK = 256  # rows per block row, at least (the diagonal blocks are computed in both orders)
 ROW_BLOCKS = 8  # block rows, at most
 NEAR_PER_ROW_BLOCK = 64  # recomputed (near-duplicate) pairs per block row, at most
+SPARSE_DENSITY = 0.08  # nonzero coefficients per entry (times threads) below which the C product beats the GEMM
 
 
 def row_blocks(n: int) -> list[tuple[int, int]]:
@@ -64,25 +67,31 @@ class PairBlocks:
     """Caffe's per-pair squared distances of the rows of ``f`` (N x D), as the staircase of
     :class:`BlockRow` (``self.rows``)."""
 
-    def __init__(self, f: torch.Tensor):
+    def __init__(self, f: torch.Tensor, native: bool = False):
         n, dim = f.shape
-        self.n = n
+        self.n, self.native = n, native
         f64 = f.to(F64)
         self.f64 = f64
-        sq = torch.bmm(f64.view(n, 1, dim), f64.view(n, dim, 1)).view(n)  # |f_i|^2 without an N x D temporary
+        if native:  # the same steps in one pass each (pair_kernels.c)
+            sq = _pair_native.squared_norms(f)
+        else:
+            sq = torch.bmm(f64.view(n, 1, dim), f64.view(n, dim, 1)).view(n)  # |f_i|^2 without an N x D temporary
         near_scale = (sq * NEAR).to(f.dtype)
         self.rows = []
         for r0, r1 in row_blocks(n):
             k = r1 - r0
             g = torch.addmm(sq[r0:r1, None], f64[r0:r1], f64[r0:].T, alpha=-2.0)
-            g.add_(sq[None, r0:]).clamp_min_(0.0)
-            diag = g[:, :k]
-            diag.copy_(torch.minimum(diag, diag.T))  # one value per pair
-            diag.diagonal().zero_()
-            d2 = g.to(f.dtype)
-            near = d2 < near_scale[r0:r1, None] + near_scale[None, r0:]
-            near[:, :k].diagonal().zero_()
-            idx = torch.nonzero_static(near, size=min(k, NEAR_PER_ROW_BLOCK), fill_value=0)
+            if native:
+                d2, idx = _pair_native.gram_distances(g, sq[r0:], near_scale[r0:], min(k, NEAR_PER_ROW_BLOCK))
+            else:
+                g.add_(sq[None, r0:]).clamp_min_(0.0)
+                diag = g[:, :k]
+                diag.copy_(torch.minimum(diag, diag.T))  # one value per pair
+                diag.diagonal().zero_()
+                d2 = g.to(f.dtype)
+                near = d2 < near_scale[r0:r1, None] + near_scale[None, r0:]
+                near[:, :k].diagonal().zero_()
+                idx = torch.nonzero_static(near, size=min(k, NEAR_PER_ROW_BLOCK), fill_value=0)
             ni, nj = idx[:, 0], idx[:, 1]
             diff = f64[ni + r0] - f64[nj + r0]  # exact; rounded to f's dtype it is Caffe's f_i - f_j
             d32 = diff.to(f.dtype)
@@ -94,23 +103,32 @@ class PairBlocks:
         ``(a_row, a_col)`` of the block row's shape: ``a_row[i, j]`` = a_ij (row i's coefficient of
         the pair) and ``a_col[i, j]`` = a_ji (row j's; only its columns k: are read; pass the same
         tensor twice when a is symmetric); they may be overwritten. Gram form rowsum(a) f_i - a f,
-        except for the recomputed pairs, whose (large-coefficient) terms use the difference vector."""
+        except for the recomputed pairs, whose (large-coefficient) terms use the difference vector.
+
+        Native blocks (float64 coefficients from the C passes) may add a third item, the number of
+        nonzero a_row entries: where few pairs violate a margin (most coefficients 0), the product
+        runs over the nonzero ones only (pair_kernels.c ``sparse_product``) instead of the dense GEMM."""
         n, dim = self.f64.shape
-        f64 = self.f64
-        af = torch.empty(n, dim, dtype=F64, device=f64.device)  # sum_j a_ij f_j (minus the recomputed terms)
+        f64, native = self.f64, self.native
+        af = (torch.zeros if native else torch.empty)(n, dim, dtype=F64, device=f64.device)  # sum_j a_ij f_j
         rowsum = torch.zeros(n, dtype=F64, device=f64.device)
-        for blk, (a_row, a_col) in zip(self.rows, coefficients):
+        for blk, (a_row, a_col, *nonzeros) in zip(self.rows, coefficients):
             r0, r1, k = blk.r0, blk.r1, blk.k
             ni, nj = blk.near_i, blk.near_j
+            sparse = bool(nonzeros) and nonzeros[0] * torch.get_num_threads() <= SPARSE_DENSITY * a_row.numel()
+            first = r0 == 0 and not native  # the first product writes af (native: af starts at 0)
             m = a_row.to(F64)
             m.diagonal().zero_()  # (i, i): no pair (its Gram-form term would be rounding noise)
             c_row = m[ni, nj]
             m[ni, nj] = 0.0  # padding entries (0, 0) are the diagonal
-            rowsum[r0:r1] += m.sum(1)
-            if r0 == 0:
-                torch.mm(m, f64, out=af[:r1])
+            if sparse:
+                _pair_native.sparse_product(m, rows=(f64[r0:], af[r0:r1], rowsum[r0:r1]))
             else:
-                af[r0:r1].addmm_(m, f64[r0:])
+                rowsum[r0:r1] += m.sum(1)
+                if first:
+                    torch.mm(m, f64, out=af[:r1])
+                else:
+                    af[r0:r1].addmm_(m, f64[r0:])
             af.index_add_(0, ni + r0, blk.diff * -c_row[:, None])  # g_i += c (f_i - f_j)
             if r1 < n:
                 if a_col is not a_row:
@@ -120,12 +138,17 @@ class PairBlocks:
                 else:
                     c_col = c_row
                 c_col = torch.where(nj >= k, c_col, 0.0)  # diagonal-block pairs are in a_row already
-                rowsum[r1:] += m[:, k:].sum(0)
-                if r0 == 0:
-                    torch.mm(m[:, k:].T, f64[:r1], out=af[r1:])
+                if sparse:
+                    _pair_native.sparse_product(m, columns=(f64[r0:r1], af[r0:], rowsum[r0:]))
                 else:
-                    af[r1:].addmm_(m[:, k:].T, f64[r0:r1])
+                    rowsum[r1:] += m[:, k:].sum(0)
+                    if first:
+                        torch.mm(m[:, k:].T, f64[:r1], out=af[r1:])
+                    else:
+                        af[r1:].addmm_(m[:, k:].T, f64[r0:r1])
                 af.index_add_(0, nj + r0, blk.diff * c_col[:, None])  # g_j += c (f_j - f_i)
+        if native:
+            return _pair_native.combine_gradient(f64, rowsum, af)
         return torch.mul(f64, rowsum[:, None]).sub_(af)
 
 

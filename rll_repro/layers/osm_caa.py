@@ -28,6 +28,7 @@ import torch
 
 from rll_repro.device import host_reads_allowed
 from rll_repro.errors import DataError
+from rll_repro.layers import _pair_native as native
 from rll_repro.layers._pairwise import F64, PairBlocks
 from rll_repro.layers._util import canonical_axis, check_bottoms, check_tops, count, fail, has
 from rll_repro.layers.base import Layer
@@ -39,6 +40,14 @@ EPS_SET = 1e-12  # added to S+ and S-
 EPS_NEG = float(f32(1e-4))  # Dtype(1e-4) in the negative-pair denominator
 
 
+def _pdf_constants(mean: float, sigma: float, dtype: torch.dtype) -> tuple[float, float, float]:
+    """mean and sigma as the layer's floats, and 1 / sqrt(2 pi sigma^2) (float32: the double divider
+    rounded to float, its reciprocal in float)."""
+    mean, sigma = float(f32(mean)), float(f32(sigma))
+    divider = math.sqrt(2 * math.pi * sigma * sigma)
+    return mean, sigma, float(f32(1) / f32(divider)) if dtype == torch.float32 else 1.0 / divider
+
+
 def gaussian_pdf(x: torch.Tensor, mean: float, sigma: float) -> torch.Tensor:
     """The fork's Gaussian: (1/sqrt(2 pi sigma^2)) exp(-0.5 ((x - mean)/sigma)^2), elementwise.
 
@@ -47,9 +56,7 @@ def gaussian_pdf(x: torch.Tensor, mean: float, sigma: float) -> torch.Tensor:
     in double rounded to float, its reciprocal in float; exp and the final product in double,
     rounded to float. Float64 input: the same formula in float64.
     """
-    mean, sigma = float(f32(mean)), float(f32(sigma))
-    divider = math.sqrt(2 * math.pi * sigma * sigma)
-    inv_divider = float(f32(1) / f32(divider)) if x.dtype == torch.float32 else 1.0 / divider
+    mean, sigma, inv_divider = _pdf_constants(mean, sigma, x.dtype)
     q = x / sigma if mean == 0.0 else (x - mean) / sigma  # x - 0 == x exactly
     exponent = (q * -0.5).mul_(q)
     return exponent.to(F64).exp_().mul_(inv_divider).to(x.dtype)
@@ -66,10 +73,14 @@ def osm_caa_value_and_grad(emb: torch.Tensor, labels: torch.Tensor, scores: torc
     dt = emb.dtype
     margin = float(f32(margin))
     with torch.no_grad():
-        pairs = PairBlocks(emb.reshape(n, -1))
         y = labels.reshape(-1)
         s = scores.reshape(-1).to(dt)
+        ids = native.class_ids(y) if native.usable(emb) else None
+        pairs = PairBlocks(emb.reshape(n, -1), native=ids is not None)
         device = emb.device
+        if ids is not None:
+            value, grad = _osm_caa_native(pairs, ids, s.contiguous(), margin, sigma, mean, top_diff, need_grad)
+            return value, None if grad is None else grad.reshape(emb.shape)
         value_sum = torch.zeros((), dtype=F64, device=device)
         set_sum = torch.zeros((), dtype=F64, device=device)  # both orders, all pairs
         pos_set_sum = torch.zeros((), dtype=F64, device=device)
@@ -115,6 +126,32 @@ def osm_caa_value_and_grad(emb: torch.Tensor, labels: torch.Tensor, scores: torc
 
         grad = pairs.apply(coefficients()).to(dt)
     return value, grad.reshape(emb.shape)
+
+
+def _osm_caa_native(pairs: PairBlocks, ids, s, margin, sigma, mean, top_diff, need_grad):
+    """osm_caa_value_and_grad's passes in C (pair_kernels.c ``osm_terms``, ``osm_coefficients``): the
+    same float operations, raw kept, d, hinge and c recomputed from d2 and the scores."""
+    n, dt = pairs.n, torch.float32
+    p = n * (n - 1) // 2
+    mean, sigma, inv_divider = _pdf_constants(mean, sigma, dt)
+    sums = torch.zeros(3, dtype=F64)  # value terms, raw c over all / positive pairs (both orders)
+    kept = [native.osm_terms(blk.d2, ids[blk.r0:], s[blk.r0:], margin, mean, sigma, inv_divider, sums)
+            for blk in pairs.rows]
+    value = (sums[0] / 2).to(dt) / p / 2
+    if not need_grad:
+        return value, None
+    s_pos = (sums[2] / 2).to(dt) + EPS_SET
+    s_neg = ((sums[1] - sums[2]) / 2).to(dt) + EPS_SET
+    alpha = torch.as_tensor(top_diff).detach().reshape(()).to(dt) / p
+    twice_pos, twice_neg = float(2 * s_pos.to(F64)), float(2 * s_neg.to(F64))
+
+    def coefficients():
+        for blk, raw in zip(pairs.rows, kept):
+            a, nonzeros = native.osm_coefficients(blk.d2, raw, ids[blk.r0:], s[blk.r0:], margin, float(alpha),
+                                                  EPS_NEG, twice_pos, twice_neg)
+            yield a, a, nonzeros
+
+    return value, pairs.apply(coefficients())
 
 
 class OSMCAAFunction(torch.autograd.Function):

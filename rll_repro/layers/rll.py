@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from rll_repro.layers._pairwise import F64, PairBlocks
+from rll_repro.layers import _pair_native as native
 from rll_repro.layers._util import check_embedding_label_loss, fail, has
 from rll_repro.layers.base import Layer
 from rll_repro.layers.registry import register
@@ -117,14 +118,15 @@ def _rll_value_and_grad(emb, labels, params: RLLParams, top_diff, era: str, need
         bounds = float(margin - m), float(margin)
     value_bounds = float(f32(params.negative_threshold) - m), params.negative_threshold
     with torch.no_grad():
-        pairs = PairBlocks(emb.reshape(n, -1))
         y = labels.reshape(-1)
+        ids = native.class_ids(y) if native.usable(emb) else None
+        pairs = PairBlocks(emb.reshape(n, -1), native=ids is not None)
         device = emb.device
         total = torch.zeros((), dtype=F64, device=device)
         all_sum = torch.zeros(n, dtype=F64, device=device)
         pos_sum = torch.zeros(n, dtype=F64, device=device)
         kept = []
-        for blk in pairs.rows:
+        for blk in pairs.rows if ids is None else ():
             r0, r1, k = blk.r0, blk.r1, blk.k
             d = torch.sqrt(blk.d2)
             same = y[r0:r1, None] == y[None, r0:]
@@ -147,11 +149,23 @@ def _rll_value_and_grad(emb, labels, params: RLLParams, top_diff, era: str, need
             sq = hinge.square_()
             blk.diag(sq).zero_()
             total += blk.pair_sum(sq)
+        if ids is not None:  # the same passes in C (pair_kernels.c): w kept, d recomputed from d2
+            differ = None if need_grad and value_bounds == bounds else value_bounds
+            scales = params.scale_p, params.scale_n, params.base_p, params.base_n
+            kept = [native.rll_weights(blk.d2, ids[blk.r0:], *bounds, *scales, differ, all_sum[blk.r0:blk.r1],
+                                       pos_sum[blk.r0:blk.r1], all_sum[blk.r0:], pos_sum[blk.r0:], total)
+                    for blk in pairs.rows]
         value = (total / (n * (n - 1))).to(dt)  # both orders: 2 * sum_{i<j} / (2P)
         if not need_grad:
             return value, None
         sp, sn, share = _anchor_sums(all_sum, pos_sum, dt)
         lam = torch.as_tensor(top_diff, device=device).detach().reshape(()).to(dt)
+
+        def native_coefficients():
+            for blk, w in zip(pairs.rows, kept):
+                r0 = blk.r0
+                yield native.rll_coefficients(blk.d2, w, ids[r0:], sp[r0:], sn[r0:], share[r0:], float(lam),
+                                              era == "v12", blk.r1 < n)
 
         def coefficients():
             for blk, (d, same, w) in zip(pairs.rows, kept):
@@ -165,7 +179,7 @@ def _rll_value_and_grad(emb, labels, params: RLLParams, top_diff, era: str, need
                 a_col = _signed_shares(half_w, same, sp[None, r0:], sn[None, r0:], share[None, r0:])
                 yield a_row.mul_(scale), a_col.mul_(scale)
 
-        grad = pairs.apply(coefficients()).to(dt)
+        grad = pairs.apply(coefficients() if ids is None else native_coefficients()).to(dt)
     return value, grad.reshape(emb.shape)
 
 

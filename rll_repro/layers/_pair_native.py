@@ -1,0 +1,144 @@
+"""The pair losses' per-pair passes in C (pair_kernels.c, built by :mod:`rll_repro.native`) for float32
+CPU tensors; the layers fall back to their PyTorch passes elsewhere (GPU, meta and fake tensors,
+float64, no compiler, ``RLL_REPRO_NATIVE=0``). Both compute the same float32 operations in the same
+order (see pair_kernels.c); this module only checks layouts and passes pointers."""
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+
+import torch
+
+from rll_repro import native
+
+SOURCE = Path(__file__).with_name("pair_kernels.c")
+_i64, _f32, _f64, _int, _ptr = ctypes.c_int64, ctypes.c_float, ctypes.c_double, ctypes.c_int, ctypes.c_void_p
+_SIGNATURES = {
+    "rll_weights": [_i64, _i64, _ptr, _ptr, _f32, _f32, _f32, _f32, _f32, _f32, _int, _f32, _f32,
+                    _ptr, _ptr, _ptr, _ptr, _ptr, _ptr],
+    "rll_coefficients": [_i64, _i64, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _f32, _int, _ptr, _ptr],
+    "osm_terms": [_i64, _i64, _ptr, _ptr, _ptr, _f32, _f32, _f32, _f64, _ptr, _ptr],
+    "osm_coefficients": [_i64, _i64, _ptr, _ptr, _ptr, _ptr, _f32, _f32, _f32, _f64, _f64, _ptr],
+    "squared_norms": [_i64, _i64, _ptr, _ptr],
+    "gram_distances": [_i64, _i64, _ptr, _ptr, _ptr, _ptr, _i64, _ptr],
+    "combine_gradient": [_i64, _i64, _ptr, _ptr, _ptr, _ptr],
+    "sparse_product": [_i64, _i64, _i64, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr],
+}
+_RESTYPES = {"gram_distances": _i64, "rll_coefficients": _i64, "osm_coefficients": _i64, "sparse_product": _i64}
+_lib = None
+
+
+def _kernels():
+    global _lib
+    if _lib is None:
+        lib = native.load(SOURCE)
+        if lib is not None:
+            for name, argtypes in _SIGNATURES.items():
+                fn = getattr(lib, name)
+                fn.argtypes, fn.restype = argtypes, _RESTYPES.get(name)
+        _lib = lib if lib is not None else False
+    return _lib or None
+
+
+def usable(emb: torch.Tensor) -> bool:
+    """Whether the C passes run for these embeddings: a real float32 CPU tensor and the kernels built."""
+    if emb.dtype != torch.float32 or emb.device.type != "cpu" or not native.enabled():
+        return False
+    if isinstance(emb, torch._subclasses.fake_tensor.FakeTensor) or torch._C._functorch.is_functorch_wrapped_tensor(emb):
+        return False
+    return _kernels() is not None
+
+
+def class_ids(labels: torch.Tensor) -> torch.Tensor | None:
+    """int64 ids with equal ids exactly where ``labels`` compare equal (torch's ==), or None where that
+    cannot be kept (floating labels holding NaN, which equal nothing)."""
+    y = labels.reshape(-1)
+    if not y.is_floating_point():
+        return y.to(torch.int64).contiguous()
+    if bool(torch.isnan(y).any()):
+        return None
+    return torch.unique(y, return_inverse=True)[1].to(torch.int64).contiguous()
+
+
+def _p(t: torch.Tensor | None):
+    if t is None:
+        return None
+    assert t.is_contiguous() and t.device.type == "cpu", "pair kernels take contiguous CPU tensors"
+    return t.data_ptr()
+
+
+def rll_weights(d2, y, pb, nb, tp, tn, bp, bn, value_bounds, row_all, row_pos, col_all, col_pos, total):
+    """Pass 1 of one block row (pair_kernels.c ``rll_weights``); returns w (float32, d2's shape).
+    ``value_bounds`` is None where the value's thresholds are the weights' ones."""
+    k, m = d2.shape
+    w = torch.empty_like(d2)
+    same_bounds = value_bounds is None
+    vlo, vhi = (0.0, 0.0) if same_bounds else value_bounds
+    _kernels().rll_weights(k, m, _p(d2), _p(y), pb, nb, tp, tn, bp, bn, int(same_bounds), vlo, vhi, _p(w),
+                           _p(row_all), _p(row_pos), _p(col_all), _p(col_pos), _p(total))
+    return w
+
+
+def rll_coefficients(d2, w, y, sp, sn, share, lam: float, unit: bool, with_columns: bool):
+    """Pass 2 (``rll_coefficients``): (a_row, a_col, nonzeros of a_row) in float64; a_col is None
+    without columns."""
+    k, m = d2.shape
+    a_row = torch.empty(k, m, dtype=torch.float64)
+    a_col = torch.empty(k, m, dtype=torch.float64) if with_columns else None
+    nonzeros = _kernels().rll_coefficients(k, m, _p(d2), _p(w), _p(y), _p(sp), _p(sn), _p(share), lam,
+                                           int(unit), _p(a_row), _p(a_col))
+    return a_row, a_col, nonzeros
+
+
+def osm_terms(d2, y, s, margin, mean, sigma, inv_divider, sums):
+    """Pass 1 of OSM+CAA (``osm_terms``); returns raw (float32); adds to ``sums`` (3 float64)."""
+    k, m = d2.shape
+    raw = torch.empty_like(d2)
+    _kernels().osm_terms(k, m, _p(d2), _p(y), _p(s), margin, mean, sigma, inv_divider, _p(raw), _p(sums))
+    return raw
+
+
+def osm_coefficients(d2, raw, y, s, margin, alpha, eps_neg, twice_pos, twice_neg):
+    """Pass 2 of OSM+CAA (``osm_coefficients``): (the symmetric a (float64), its nonzeros)."""
+    k, m = d2.shape
+    a = torch.empty(k, m, dtype=torch.float64)
+    nonzeros = _kernels().osm_coefficients(k, m, _p(d2), _p(raw), _p(y), _p(s), margin, alpha, eps_neg,
+                                           twice_pos, twice_neg, _p(a))
+    return a, nonzeros
+
+
+def squared_norms(f):
+    """|f_i|^2 (float64) of float32 rows (``squared_norms``)."""
+    f = f.contiguous()
+    out = torch.empty(f.shape[0], dtype=torch.float64)
+    _kernels().squared_norms(f.shape[0], f.shape[1], _p(f), _p(out))
+    return out
+
+
+def gram_distances(g, sq, near_scale, cap: int):
+    """(d2 float32, near (cap, 2) int64 padded with (0, 0)) of a Gram block (``gram_distances``)."""
+    k, m = g.shape
+    d2 = torch.empty(k, m, dtype=torch.float32)
+    near = torch.zeros(cap, 2, dtype=torch.int64)
+    _kernels().gram_distances(k, m, _p(g), _p(sq), _p(near_scale), _p(d2), cap, _p(near))
+    return d2, near
+
+
+def combine_gradient(f64, rowsum, af):
+    """float32 f * rowsum - af (``combine_gradient``)."""
+    n, dim = f64.shape
+    out = torch.empty(n, dim, dtype=torch.float32)
+    _kernels().combine_gradient(n, dim, _p(f64), _p(rowsum), _p(af), _p(out))
+    return out
+
+
+def sparse_product(a, rows=None, columns=None):
+    """The gradient product over the nonzero entries of the float64 block ``a`` (``sparse_product``):
+    ``rows`` = (f of the columns, af of the rows, rowsum of the rows), ``columns`` = (f of the rows,
+    af and rowsum indexed like the columns); each side is optional."""
+    k, m = a.shape
+    f_cols, af_rows, rowsum_rows = rows if rows is not None else (None, None, None)
+    f_rows, af_cols, rowsum_cols = columns if columns is not None else (None, None, None)
+    dim = (f_cols if f_cols is not None else f_rows).shape[1]
+    _kernels().sparse_product(k, m, dim, _p(a), _p(f_rows), _p(f_cols), _p(af_rows), _p(rowsum_rows),
+                              _p(af_cols), _p(rowsum_cols))

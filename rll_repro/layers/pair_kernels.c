@@ -1,0 +1,265 @@
+/* Per-pair arithmetic of the two papers' pair losses over one block row of rll_repro.layers._pairwise
+ * (rows r0 .. r0+k-1 against columns r0 .. r0+m-1, row-major k x m; columns 0 .. k-1 are the diagonal
+ * block). One pass where the PyTorch path makes one pass per operation; every float operation is the
+ * float32 operation the PyTorch path (and Caffe) performs, in the same order, so the two paths agree
+ * bit for bit except for powf/exp (libm here, SLEEF or CUDA's there: within an ulp) and the order of
+ * the float64 sums. Built with -ffp-contract=off and no fast-math: nothing is fused or reassociated.
+ *
+ * Labels are int64 class ids (equal ids <=> equal labels). Sums are float64 accumulators the caller
+ * owns (added to, not overwritten). A pair (i, j) of the diagonal block appears in both orders; a pair
+ * right of it once, so its column-side sums go to the column accumulators.
+ */
+#include <math.h>
+#include <stdint.h>
+
+/* torch.minimum's semantics: NaN in, NaN out. */
+static double min_nan(double a, double b) { return (a != a || b != b) ? NAN : (a < b ? a : b); }
+static float minf_nan(float a, float b) { return (a != a || b != b) ? NAN : (a < b ? a : b); }
+
+/* RLL (SPEC rll 1.1-1.5), pass 1: w = pow(base, T t) where t > 0 (t = d - pb for positives, nb - d
+ * for negatives; the diagonal 0) into w_out; per-anchor float64 sums of w over all / positive pairs
+ * for the rows (row_all, row_pos) and, for columns k.., the columns (col_all, col_pos, indexed by
+ * column); *total += sum over both orders of the squared value hinge (thresholds vlo / vhi, or t
+ * itself where same_bounds). */
+void rll_weights(int64_t k, int64_t m, const float *d2, const int64_t *y, float pb, float nb, float tp,
+                 float tn, float bp, float bn, int same_bounds, float vlo, float vhi, float *w_out,
+                 double *row_all, double *row_pos, double *col_all, double *col_pos, double *total)
+{
+    double diag_sum = 0.0, right_sum = 0.0;
+    for (int64_t i = 0; i < k; i++) {
+        const float *dr = d2 + i * m;
+        float *wr = w_out + i * m;
+        const int64_t yi = y[i];
+        double all = 0.0, pos = 0.0;
+        for (int64_t j = 0; j < m; j++) {
+            const float d = sqrtf(dr[j]);
+            const int same = y[j] == yi;
+            const float t = same ? d - pb : nb - d;
+            float w = 0.0f;
+            if (!(t <= 0.0f) && j != i)
+                w = powf(same ? bp : bn, t * (same ? tp : tn));
+            wr[j] = w;
+            const double w64 = (double)w;
+            all += w64;
+            if (same)
+                pos += w64;
+            if (j >= k) {
+                col_all[j] += w64;
+                if (same)
+                    col_pos[j] += w64;
+            }
+            float h = same_bounds ? t : (same ? d - vlo : vhi - d);
+            h = h < 0.0f ? 0.0f : h;
+            const float sq = j == i ? 0.0f : h * h;
+            if (j < k)
+                diag_sum += (double)sq;
+            else
+                right_sum += (double)sq;
+        }
+        row_all[i] += all;
+        row_pos[i] += pos;
+    }
+    *total += diag_sum + 2.0 * right_sum;
+}
+
+/* RLL pass 2: the signed coefficients K_ij = ((0.5 w / S_i) * share_i) * scale (S_i = S+_i for
+ * positives, -S-_i for negatives), scale = float(1 / (double(d) + 1e-6)) * lam (unit direction, V12)
+ * or lam (raw difference, CVPR era), as float64, row anchor into a_row and, where a_col is not NULL,
+ * the column anchor (its own S, share) for columns k.. into a_col. The diagonal is 0. sp, sn, share
+ * are indexed like the columns (global r0 ..). Returns the number of nonzero a_row entries. */
+int64_t rll_coefficients(int64_t k, int64_t m, const float *d2, const float *w, const int64_t *y,
+                         const float *sp, const float *sn, const float *share, float lam, int unit,
+                         double *a_row, double *a_col)
+{
+    int64_t nonzeros = 0;
+    for (int64_t i = 0; i < k; i++) {
+        const float *dr = d2 + i * m, *wr = w + i * m;
+        double *ar = a_row + i * m;
+        double *ac = a_col ? a_col + i * m : 0;
+        const int64_t yi = y[i];
+        for (int64_t j = 0; j < m; j++) {
+            const float hw = wr[j] * 0.5f;
+            const int same = y[j] == yi;
+            const float scale = unit ? (float)(1.0 / ((double)sqrtf(dr[j]) + 1e-6)) * lam : lam;
+            ar[j] = j == i ? 0.0 : (double)(hw / (same ? sp[i] : -sn[i]) * share[i] * scale);
+            nonzeros += ar[j] != 0.0;
+            if (ac)
+                ac[j] = j < k ? 0.0 : (double)(hw / (same ? sp[j] : -sn[j]) * share[j] * scale);
+        }
+    }
+    return nonzeros;
+}
+
+/* OSM+CAA (SPEC osm 2.1-2.3), pass 1: hinge = max(m - d, 0); raw = the Gaussian pdf of d for
+ * positives (q = (d - mean) / sigma, or d / sigma when mean is 0; float((double)((q * -0.5) * q)
+ * exp * inv_divider)), the hinge for negatives, into raw_out; sums[0] += both orders of the value
+ * terms (d^2 for positives, hinge^2 for negatives), sums[1] / sums[2] += both orders of raw * c over
+ * all / positive pairs, c = min(s_i, s_j). The diagonal is 0. */
+void osm_terms(int64_t k, int64_t m, const float *d2, const int64_t *y, const float *s, float margin,
+               float mean, float sigma, double inv_divider, float *raw_out, double *sums)
+{
+    double value[2] = {0.0, 0.0}, set[2] = {0.0, 0.0}, pos[2] = {0.0, 0.0};
+    for (int64_t i = 0; i < k; i++) {
+        const float *dr = d2 + i * m;
+        float *rr = raw_out + i * m;
+        const int64_t yi = y[i];
+        const float si = s[i];
+        for (int64_t j = 0; j < m; j++) {
+            const int side = j >= k;
+            const float d = sqrtf(dr[j]);
+            const int same = y[j] == yi;
+            float hinge = margin - d;
+            hinge = hinge < 0.0f ? 0.0f : hinge;
+            float raw = hinge;
+            if (same) {
+                const float q = mean == 0.0f ? d / sigma : (d - mean) / sigma;
+                const float e = q * -0.5f * q;
+                raw = (float)(exp((double)e) * inv_divider);
+            }
+            const float c = minf_nan(si, s[j]);
+            const float rc = raw * c;
+            if (j == i) {
+                rr[j] = raw;
+                continue;
+            }
+            rr[j] = raw;
+            value[side] += (double)(same ? dr[j] : hinge * hinge);
+            set[side] += (double)rc;
+            if (same)
+                pos[side] += (double)rc;
+        }
+    }
+    sums[0] += value[0] + 2.0 * value[1];
+    sums[1] += set[0] + 2.0 * set[1];
+    sums[2] += pos[0] + 2.0 * pos[1];
+}
+
+/* OSM pass 2: a_ij = float(double(raw) * double(c) / (2 S)) * coef (S = S+ for positives, S- for
+ * negatives; coef = alpha for positives, (hinge * -alpha) / (d + eps_neg) for negatives), float64,
+ * symmetric, diagonal 0. Returns the number of nonzero entries. */
+int64_t osm_coefficients(int64_t k, int64_t m, const float *d2, const float *raw, const int64_t *y,
+                         const float *s, float margin, float alpha, float eps_neg, double twice_pos,
+                         double twice_neg, double *a)
+{
+    int64_t nonzeros = 0;
+    for (int64_t i = 0; i < k; i++) {
+        const float *dr = d2 + i * m, *rr = raw + i * m;
+        double *ar = a + i * m;
+        const int64_t yi = y[i];
+        const float si = s[i];
+        for (int64_t j = 0; j < m; j++) {
+            const float d = sqrtf(dr[j]);
+            const int same = y[j] == yi;
+            float hinge = margin - d;
+            hinge = hinge < 0.0f ? 0.0f : hinge;
+            const float coef = same ? alpha : hinge * -alpha / (d + eps_neg);
+            const float c = minf_nan(si, s[j]);
+            const float w = (float)((double)rr[j] * (double)c / (same ? twice_pos : twice_neg));
+            ar[j] = j == i ? 0.0 : (double)(w * coef);
+            nonzeros += ar[j] != 0.0;
+        }
+    }
+    return nonzeros;
+}
+
+/* |f_i|^2 of float32 rows in float64 (exact products, float64 sum). */
+void squared_norms(int64_t n, int64_t dim, const float *f, double *out)
+{
+    for (int64_t i = 0; i < n; i++) {
+        const float *r = f + i * dim;
+        double s = 0.0;
+        for (int64_t c = 0; c < dim; c++)
+            s += (double)r[c] * (double)r[c];
+        out[i] = s;
+    }
+}
+
+/* A Gram block g (float64 k x m, holding |f_i|^2 - 2 f_i.f_j) into squared distances: d2 = float(max(g
+ * + |f_j|^2, 0)), the diagonal block made symmetric (the minimum of both orders; this writes g's
+ * diagonal block) with its diagonal 0. Near pairs, d2 < ns_i + ns_j (float sum; the diagonal
+ * excluded), are listed in row-major order as local (i, j) into near (2 * cap int64, left as given
+ * past the count). Returns the number of near pairs found, at most cap. */
+int64_t gram_distances(int64_t k, int64_t m, double *g, const double *sq, const float *ns, float *d2,
+                       int64_t cap, int64_t *near)
+{
+    for (int64_t i = 0; i < k; i++)
+        for (int64_t j = 0; j < k; j++) {
+            const double v = g[i * m + j] + sq[j];
+            g[i * m + j] = v != v ? v : (v < 0.0 ? 0.0 : v);
+        }
+    int64_t found = 0;
+    for (int64_t i = 0; i < k; i++) {
+        const double *gr = g + i * m;
+        float *dr = d2 + i * m;
+        for (int64_t j = 0; j < m; j++) {
+            double v;
+            if (j < k)
+                v = j == i ? 0.0 : min_nan(gr[j], g[j * m + i]);
+            else {
+                v = gr[j] + sq[j];
+                v = v != v ? v : (v < 0.0 ? 0.0 : v);
+            }
+            const float x = (float)v;
+            dr[j] = x;
+            if (found < cap && j != i && x < ns[i] + ns[j]) {
+                near[2 * found] = i;
+                near[2 * found + 1] = j;
+                found++;
+            }
+        }
+    }
+    return found;
+}
+
+/* The gradient's last step, g = float(f * rowsum - af) (float64 product and difference, rounded). */
+void combine_gradient(int64_t n, int64_t dim, const double *f, const double *rowsum, const double *af, float *out)
+{
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t c = 0; c < dim; c++)
+            out[i * dim + c] = (float)(f[i * dim + c] * rowsum[i] - af[i * dim + c]);
+}
+
+/* The gradient product over the nonzero coefficients only (the RLL/OSM coefficient of a pair that
+ * violates no margin is 0): for the k x m block a (float64), rows: af_rows[i] += a_ij f_cols[j] and
+ * rowsum_rows[i] += a_ij over all j; columns (where af_cols is not NULL): af_cols[j] += a_ij f_rows[i]
+ * and rowsum_cols[j] += a_ij for j >= k (either side may be NULL). Each output element adds its terms in a fixed order (the
+ * vector width changes nothing: products and sums stay separate). Returns the row side's nonzeros. */
+__attribute__((target_clones("avx512f", "avx2", "default")))
+int64_t sparse_product(int64_t k, int64_t m, int64_t dim, const double *a, const double *f_rows,
+                       const double *f_cols, double *af_rows, double *rowsum_rows, double *af_cols,
+                       double *rowsum_cols)
+{
+    int64_t nnz = 0;
+    for (int64_t i = 0; af_rows && i < k; i++) {
+        const double *ar = a + i * m;
+        double *dst = af_rows + i * dim;
+        double rs = 0.0;
+        for (int64_t j = 0; j < m; j++) {
+            const double c = ar[j];
+            if (c == 0.0)
+                continue;
+            nnz++;
+            rs += c;
+            const double *src = f_cols + j * dim;
+            for (int64_t e = 0; e < dim; e++)
+                dst[e] += c * src[e];
+        }
+        rowsum_rows[i] += rs;
+    }
+    if (af_cols) {
+        for (int64_t i = 0; i < k; i++) {
+            const double *ar = a + i * m;
+            const double *src = f_rows + i * dim;
+            for (int64_t j = k; j < m; j++) {
+                const double c = ar[j];
+                if (c == 0.0)
+                    continue;
+                rowsum_cols[j] += c;
+                double *dst = af_cols + j * dim;
+                for (int64_t e = 0; e < dim; e++)
+                    dst[e] += c * src[e];
+            }
+        }
+    }
+    return nnz;
+}

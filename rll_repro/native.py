@@ -1,0 +1,116 @@
+"""Small C kernels, built with the machine's C compiler on first use and loaded with ctypes.
+
+The pair losses' per-pair arithmetic is one pass in C where PyTorch makes one pass per operation
+(rll_repro/layers/pair_kernels.c); everything else stays PyTorch. A kernel source is compiled once
+per source text, compiler and flags into ``$RLL_REPRO_CACHE_DIR`` (default
+``$XDG_CACHE_HOME/rll_repro`` or ``~/.cache/rll_repro``; the system's temporary folder if that cannot
+be written), written atomically, so concurrent processes and a kill mid-build are harmless.
+
+The flags keep IEEE semantics: no fast-math, ``-ffp-contract=off`` (no fused multiply-add, whatever
+the CPU) and the baseline instruction set of the target, so the same source gives the same float
+results on every machine of an architecture. Where no compiler works (or ``RLL_REPRO_NATIVE=0``),
+:func:`load` returns None and callers keep their PyTorch path; :func:`status` says why.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+from rll_repro.fileio import atomic_write_bytes
+
+FLAGS = ("-O3", "-std=c99", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math", "-fno-math-errno")
+BUILD_TIMEOUT_S = 120
+_lock = threading.Lock()
+_loaded: dict[Path, ctypes.CDLL | None] = {}
+_why: dict[Path, str] = {}
+
+
+def enabled() -> bool:
+    """False when ``RLL_REPRO_NATIVE=0`` (PyTorch paths only)."""
+    return os.environ.get("RLL_REPRO_NATIVE", "1").strip() not in ("0", "false", "no", "off")
+
+
+def _compiler() -> str | None:
+    cc = os.environ.get("CC", "").strip()
+    for candidate in ([cc] if cc else []) + ["cc", "gcc", "clang"]:
+        found = shutil.which(candidate.split()[0]) if candidate else None
+        if found:
+            return candidate
+    return None
+
+
+def _cache_dirs() -> list[Path]:
+    explicit = os.environ.get("RLL_REPRO_CACHE_DIR")
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    dirs = [Path(explicit)] if explicit else [Path(base) / "rll_repro"]
+    return dirs + [Path(tempfile.gettempdir()) / f"rll_repro-{os.getuid() if hasattr(os, 'getuid') else 'user'}"]
+
+
+def _version(cc: str) -> str:
+    try:
+        out = subprocess.run(cc.split() + ["--version"], capture_output=True, timeout=30, check=False)
+        return out.stdout.decode(errors="replace").splitlines()[0] if out.stdout else ""
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def _build(source: Path, cc: str) -> ctypes.CDLL:
+    text = source.read_bytes()
+    key = hashlib.sha256(b"\0".join([text, " ".join(FLAGS).encode(), cc.encode(), _version(cc).encode(),
+                                     sys.platform.encode(), os.uname().machine.encode()])).hexdigest()[:16]
+    name = f"{source.stem}-{key}.so"
+    errors = []
+    for folder in _cache_dirs():
+        target = folder / name
+        if target.is_file():
+            try:
+                return ctypes.CDLL(str(target))
+            except OSError as exc:  # damaged or foreign: rebuild it
+                errors.append(f"{target}: {exc}")
+        try:
+            with tempfile.TemporaryDirectory(prefix="rll_repro-build-") as tmp:
+                out = Path(tmp) / name
+                proc = subprocess.run(cc.split() + list(FLAGS) + [str(source), "-o", str(out), "-lm"],
+                                      capture_output=True, timeout=BUILD_TIMEOUT_S, check=False)
+                if proc.returncode != 0:
+                    message = proc.stderr.decode(errors="replace").strip().splitlines()
+                    raise RuntimeError(f"{cc} failed on {source.name}: {message[-1] if message else proc.returncode}")
+                atomic_write_bytes(target, out.read_bytes())
+            return ctypes.CDLL(str(target))
+        except (OSError, subprocess.SubprocessError) as exc:
+            errors.append(f"{folder}: {exc}")
+    raise RuntimeError("; ".join(errors))
+
+
+def load(source: str | os.PathLike) -> ctypes.CDLL | None:
+    """The shared library built from the C file ``source`` (cached), or None where it cannot be built
+    or native kernels are turned off."""
+    source = Path(source)
+    if not enabled():
+        return None
+    with _lock:
+        if source not in _loaded:
+            cc = _compiler()
+            try:
+                if cc is None:
+                    raise RuntimeError("no C compiler found (cc, gcc, clang or $CC)")
+                _loaded[source] = _build(source, cc)
+            except RuntimeError as exc:
+                _loaded[source], _why[source] = None, str(exc)
+        return _loaded[source]
+
+
+def status(source: str | os.PathLike) -> str:
+    """One line: whether the kernels of ``source`` are in use, and why not."""
+    source = Path(source)
+    if not enabled():
+        return "off (RLL_REPRO_NATIVE=0)"
+    lib = load(source)
+    return f"built ({lib._name})" if lib is not None else f"not available: {_why.get(source, 'unknown')}"
