@@ -116,12 +116,12 @@ def squared_norms(f):
 
 
 def gram_distances(g, sq, near_scale, cap: int):
-    """(d2 float32, near (cap, 2) int64 padded with (0, 0)) of a Gram block (``gram_distances``)."""
+    """(d2 float32, the near pairs found: (count <= cap, 2) int64) of a Gram block (``gram_distances``)."""
     k, m = g.shape
     d2 = torch.empty(k, m, dtype=torch.float32)
-    near = torch.zeros(cap, 2, dtype=torch.int64)
-    _kernels().gram_distances(k, m, _p(g), _p(sq), _p(near_scale), _p(d2), cap, _p(near))
-    return d2, near
+    near = torch.empty(cap, 2, dtype=torch.int64)
+    found = _kernels().gram_distances(k, m, _p(g), _p(sq), _p(near_scale), _p(d2), cap, _p(near))
+    return d2, near[:found]
 
 
 def combine_gradient(f64, rowsum, af):

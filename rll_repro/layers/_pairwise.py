@@ -81,8 +81,11 @@ class PairBlocks:
         for r0, r1 in row_blocks(n):
             k = r1 - r0
             g = torch.addmm(sq[r0:r1, None], f64[r0:r1], f64[r0:].T, alpha=-2.0)
-            if native:
+            if native:  # only the near pairs found (the count is known here)
                 d2, idx = _pair_native.gram_distances(g, sq[r0:], near_scale[r0:], min(k, NEAR_PER_ROW_BLOCK))
+                if not len(idx):
+                    self.rows.append(BlockRow(r0, r1, d2, idx[:, 0], idx[:, 1], f64.new_empty(0, dim)))
+                    continue
             else:
                 g.add_(sq[None, r0:]).clamp_min_(0.0)
                 diag = g[:, :k]
@@ -117,10 +120,12 @@ class PairBlocks:
             ni, nj = blk.near_i, blk.near_j
             sparse = bool(nonzeros) and nonzeros[0] * torch.get_num_threads() <= SPARSE_DENSITY * a_row.numel()
             first = r0 == 0 and not native  # the first product writes af (native: af starts at 0)
+            near = len(ni) > 0  # a fixed number, or (native) the pairs found
             m = a_row.to(F64)
             m.diagonal().zero_()  # (i, i): no pair (its Gram-form term would be rounding noise)
-            c_row = m[ni, nj]
-            m[ni, nj] = 0.0  # padding entries (0, 0) are the diagonal
+            if near:
+                c_row = m[ni, nj]
+                m[ni, nj] = 0.0  # padding entries (0, 0) are the diagonal
             if sparse:
                 _pair_native.sparse_product(m, rows=(f64[r0:], af[r0:r1], rowsum[r0:r1]))
             else:
@@ -129,15 +134,16 @@ class PairBlocks:
                     torch.mm(m, f64, out=af[:r1])
                 else:
                     af[r0:r1].addmm_(m, f64[r0:])
-            af.index_add_(0, ni + r0, blk.diff * -c_row[:, None])  # g_i += c (f_i - f_j)
+            if near:
+                af.index_add_(0, ni + r0, blk.diff * -c_row[:, None])  # g_i += c (f_i - f_j)
             if r1 < n:
                 if a_col is not a_row:
                     m = a_col.to(F64)
-                    c_col = m[ni, nj]
-                    m[ni, nj] = 0.0
-                else:
+                    if near:
+                        c_col = m[ni, nj]
+                        m[ni, nj] = 0.0
+                elif near:
                     c_col = c_row
-                c_col = torch.where(nj >= k, c_col, 0.0)  # diagonal-block pairs are in a_row already
                 if sparse:
                     _pair_native.sparse_product(m, columns=(f64[r0:r1], af[r0:], rowsum[r0:]))
                 else:
@@ -146,7 +152,8 @@ class PairBlocks:
                         torch.mm(m[:, k:].T, f64[:r1], out=af[r1:])
                     else:
                         af[r1:].addmm_(m[:, k:].T, f64[r0:r1])
-                af.index_add_(0, nj + r0, blk.diff * c_col[:, None])  # g_j += c (f_j - f_i)
+                if near:  # diagonal-block pairs are in a_row already
+                    af.index_add_(0, nj + r0, blk.diff * torch.where(nj >= k, c_col, 0.0)[:, None])  # g_j += c (f_j - f_i)
         if native:
             return _pair_native.combine_gradient(f64, rowsum, af)
         return torch.mul(f64, rowsum[:, None]).sub_(af)
