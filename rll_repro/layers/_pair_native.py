@@ -22,9 +22,12 @@ _SIGNATURES = {
     "squared_norms": [_i64, _i64, _ptr, _ptr],
     "gram_distances": [_i64, _i64, _ptr, _ptr, _ptr, _ptr, _i64, _ptr],
     "combine_gradient": [_i64, _i64, _ptr, _ptr, _ptr, _ptr],
-    "sparse_product": [_i64, _i64, _i64, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr],
+    "rll_sparse_gradient": [_i64, _i64, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _f32, _int, _int, _i64, _ptr, _ptr,
+                            _ptr, _i64, _ptr, _ptr, _ptr],
+    "osm_sparse_gradient": [_i64, _i64, _ptr, _ptr, _ptr, _ptr, _f32, _f32, _f32, _f64, _f64, _int, _i64, _ptr,
+                            _ptr, _ptr, _i64, _ptr, _ptr, _ptr],
 }
-_RESTYPES = {"gram_distances": _i64, "rll_coefficients": _i64, "osm_coefficients": _i64, "sparse_product": _i64}
+_RESTYPES = {"gram_distances": _i64, "rll_weights": _i64, "osm_terms": _i64}
 _lib = None
 
 
@@ -68,43 +71,69 @@ def _p(t: torch.Tensor | None):
 
 
 def rll_weights(d2, y, pb, nb, tp, tn, bp, bn, value_bounds, row_all, row_pos, col_all, col_pos, total):
-    """Pass 1 of one block row (pair_kernels.c ``rll_weights``); returns w (float32, d2's shape).
-    ``value_bounds`` is None where the value's thresholds are the weights' ones."""
+    """Pass 1 of one block row (pair_kernels.c ``rll_weights``): (w float32 of d2's shape, its nonzero
+    count). ``value_bounds`` is None where the value's thresholds are the weights' ones."""
     k, m = d2.shape
     w = torch.empty_like(d2)
     same_bounds = value_bounds is None
     vlo, vhi = (0.0, 0.0) if same_bounds else value_bounds
-    _kernels().rll_weights(k, m, _p(d2), _p(y), pb, nb, tp, tn, bp, bn, int(same_bounds), vlo, vhi, _p(w),
-                           _p(row_all), _p(row_pos), _p(col_all), _p(col_pos), _p(total))
-    return w
+    nonzeros = _kernels().rll_weights(k, m, _p(d2), _p(y), pb, nb, tp, tn, bp, bn, int(same_bounds), vlo, vhi,
+                                      _p(w), _p(row_all), _p(row_pos), _p(col_all), _p(col_pos), _p(total))
+    return w, nonzeros
 
 
 def rll_coefficients(d2, w, y, sp, sn, share, lam: float, unit: bool, with_columns: bool):
-    """Pass 2 (``rll_coefficients``): (a_row, a_col, nonzeros of a_row) in float64; a_col is None
-    without columns."""
+    """Pass 2 (``rll_coefficients``): (a_row, a_col) in float64; a_col is None without columns."""
     k, m = d2.shape
     a_row = torch.empty(k, m, dtype=torch.float64)
     a_col = torch.empty(k, m, dtype=torch.float64) if with_columns else None
-    nonzeros = _kernels().rll_coefficients(k, m, _p(d2), _p(w), _p(y), _p(sp), _p(sn), _p(share), lam,
-                                           int(unit), _p(a_row), _p(a_col))
-    return a_row, a_col, nonzeros
+    _kernels().rll_coefficients(k, m, _p(d2), _p(w), _p(y), _p(sp), _p(sn), _p(share), lam, int(unit),
+                                _p(a_row), _p(a_col))
+    return a_row, a_col
+
+
+def _near_outputs(near):
+    count = near.shape[0]
+    return count, torch.empty(count, dtype=torch.float64), torch.empty(count, dtype=torch.float64)
+
+
+def rll_sparse_gradient(d2, w, y, sp, sn, share, lam: float, unit: bool, columns: bool, f, af, rowsum, near):
+    """Pass 2 fused with the product over the nonzero coefficients (``rll_sparse_gradient``); f, af,
+    rowsum from the block row's first row on; returns the near pairs' (a_row, a_col)."""
+    k, m = d2.shape
+    count, near_row, near_col = _near_outputs(near)
+    _kernels().rll_sparse_gradient(k, m, _p(d2), _p(w), _p(y), _p(sp), _p(sn), _p(share), lam, int(unit),
+                                   int(columns), f.shape[1], _p(f), _p(af), _p(rowsum), count, _p(near),
+                                   _p(near_row), _p(near_col))
+    return near_row, near_col
 
 
 def osm_terms(d2, y, s, margin, mean, sigma, inv_divider, sums):
-    """Pass 1 of OSM+CAA (``osm_terms``); returns raw (float32); adds to ``sums`` (3 float64)."""
+    """Pass 1 of OSM+CAA (``osm_terms``): (raw float32, its nonzero count); adds to ``sums`` (3 float64)."""
     k, m = d2.shape
     raw = torch.empty_like(d2)
-    _kernels().osm_terms(k, m, _p(d2), _p(y), _p(s), margin, mean, sigma, inv_divider, _p(raw), _p(sums))
-    return raw
+    nonzeros = _kernels().osm_terms(k, m, _p(d2), _p(y), _p(s), margin, mean, sigma, inv_divider, _p(raw), _p(sums))
+    return raw, nonzeros
 
 
 def osm_coefficients(d2, raw, y, s, margin, alpha, eps_neg, twice_pos, twice_neg):
-    """Pass 2 of OSM+CAA (``osm_coefficients``): (the symmetric a (float64), its nonzeros)."""
+    """Pass 2 of OSM+CAA (``osm_coefficients``): the symmetric a (float64)."""
     k, m = d2.shape
     a = torch.empty(k, m, dtype=torch.float64)
-    nonzeros = _kernels().osm_coefficients(k, m, _p(d2), _p(raw), _p(y), _p(s), margin, alpha, eps_neg,
-                                           twice_pos, twice_neg, _p(a))
-    return a, nonzeros
+    _kernels().osm_coefficients(k, m, _p(d2), _p(raw), _p(y), _p(s), margin, alpha, eps_neg, twice_pos,
+                                twice_neg, _p(a))
+    return a
+
+
+def osm_sparse_gradient(d2, raw, y, s, margin, alpha, eps_neg, twice_pos, twice_neg, columns: bool, f, af,
+                        rowsum, near):
+    """OSM's pass 2 fused with the sparse product (``osm_sparse_gradient``), as rll_sparse_gradient."""
+    k, m = d2.shape
+    count, near_row, near_col = _near_outputs(near)
+    _kernels().osm_sparse_gradient(k, m, _p(d2), _p(raw), _p(y), _p(s), margin, alpha, eps_neg, twice_pos,
+                                   twice_neg, int(columns), f.shape[1], _p(f), _p(af), _p(rowsum), count,
+                                   _p(near), _p(near_row), _p(near_col))
+    return near_row, near_col
 
 
 def squared_norms(f):
@@ -130,15 +159,3 @@ def combine_gradient(f64, rowsum, af):
     out = torch.empty(n, dim, dtype=torch.float32)
     _kernels().combine_gradient(n, dim, _p(f64), _p(rowsum), _p(af), _p(out))
     return out
-
-
-def sparse_product(a, rows=None, columns=None):
-    """The gradient product over the nonzero entries of the float64 block ``a`` (``sparse_product``):
-    ``rows`` = (f of the columns, af of the rows, rowsum of the rows), ``columns`` = (f of the rows,
-    af and rowsum indexed like the columns); each side is optional."""
-    k, m = a.shape
-    f_cols, af_rows, rowsum_rows = rows if rows is not None else (None, None, None)
-    f_rows, af_cols, rowsum_cols = columns if columns is not None else (None, None, None)
-    dim = (f_cols if f_cols is not None else f_rows).shape[1]
-    _kernels().sparse_product(k, m, dim, _p(a), _p(f_rows), _p(f_cols), _p(af_rows), _p(rowsum_rows),
-                              _p(af_cols), _p(rowsum_cols))

@@ -34,7 +34,7 @@ NEAR = 1e-6  # relative Gram d2 below which a pair is recomputed from its differ
 MIN_BLOCK = 256  # rows per block row, at least (the diagonal blocks are computed in both orders)
 ROW_BLOCKS = 8  # block rows, at most
 NEAR_PER_ROW_BLOCK = 64  # recomputed (near-duplicate) pairs per block row, at most
-SPARSE_DENSITY = 0.08  # nonzero coefficients per entry (times threads) below which the C product beats the GEMM
+SPARSE_DENSITY = 0.08  # nonzero coefficients per pair entry (times threads) below which the C product beats the GEMM
 
 
 def row_blocks(n: int) -> list[tuple[int, int]]:
@@ -101,62 +101,77 @@ class PairBlocks:
             d2.index_put_((ni, nj), (d32 * d32).sum(1, dtype=F64).to(f.dtype))
             self.rows.append(BlockRow(r0, r1, d2, ni, nj, diff))
 
+    def sparse_pays(self, nonzeros: int) -> bool:
+        """Whether the C product over ``nonzeros`` active pair entries (of the block rows) beats the
+        dense float64 GEMMs at this thread count."""
+        entries = sum(blk.d2.numel() for blk in self.rows)
+        return nonzeros * torch.get_num_threads() <= SPARSE_DENSITY * entries
+
     def apply(self, coefficients) -> torch.Tensor:
         """g_i = sum_j a_ij (f_i - f_j) in float64, (N, D). ``coefficients`` yields, per block row,
         ``(a_row, a_col)`` of the block row's shape: ``a_row[i, j]`` = a_ij (row i's coefficient of
         the pair) and ``a_col[i, j]`` = a_ji (row j's; only its columns k: are read; pass the same
         tensor twice when a is symmetric); they may be overwritten. Gram form rowsum(a) f_i - a f,
-        except for the recomputed pairs, whose (large-coefficient) terms use the difference vector.
-
-        Native blocks (float64 coefficients from the C passes) may add a third item, the number of
-        nonzero a_row entries: where few pairs violate a margin (most coefficients 0), the product
-        runs over the nonzero ones only (pair_kernels.c ``sparse_product``) instead of the dense GEMM."""
+        except for the recomputed pairs, whose (large-coefficient) terms use the difference vector."""
         n, dim = self.f64.shape
-        f64, native = self.f64, self.native
-        af = (torch.zeros if native else torch.empty)(n, dim, dtype=F64, device=f64.device)  # sum_j a_ij f_j
+        f64 = self.f64
+        af = torch.empty(n, dim, dtype=F64, device=f64.device)  # sum_j a_ij f_j (minus the recomputed terms)
         rowsum = torch.zeros(n, dtype=F64, device=f64.device)
-        for blk, (a_row, a_col, *nonzeros) in zip(self.rows, coefficients):
+        for blk, (a_row, a_col) in zip(self.rows, coefficients):
             r0, r1, k = blk.r0, blk.r1, blk.k
             ni, nj = blk.near_i, blk.near_j
-            sparse = bool(nonzeros) and nonzeros[0] * torch.get_num_threads() <= SPARSE_DENSITY * a_row.numel()
-            first = r0 == 0 and not native  # the first product writes af (native: af starts at 0)
-            near = len(ni) > 0  # a fixed number, or (native) the pairs found
             m = a_row.to(F64)
             m.diagonal().zero_()  # (i, i): no pair (its Gram-form term would be rounding noise)
-            if near:
-                c_row = m[ni, nj]
-                m[ni, nj] = 0.0  # padding entries (0, 0) are the diagonal
-            if sparse:
-                _pair_native.sparse_product(m, rows=(f64[r0:], af[r0:r1], rowsum[r0:r1]))
+            c_row = m[ni, nj]
+            m[ni, nj] = 0.0  # padding entries (0, 0) are the diagonal
+            rowsum[r0:r1] += m.sum(1)
+            if r0 == 0:
+                torch.mm(m, f64, out=af[:r1])
             else:
-                rowsum[r0:r1] += m.sum(1)
-                if first:
-                    torch.mm(m, f64, out=af[:r1])
-                else:
-                    af[r0:r1].addmm_(m, f64[r0:])
-            if near:
-                af.index_add_(0, ni + r0, blk.diff * -c_row[:, None])  # g_i += c (f_i - f_j)
+                af[r0:r1].addmm_(m, f64[r0:])
+            c_col = None
             if r1 < n:
                 if a_col is not a_row:
                     m = a_col.to(F64)
-                    if near:
-                        c_col = m[ni, nj]
-                        m[ni, nj] = 0.0
-                elif near:
-                    c_col = c_row
-                if sparse:
-                    _pair_native.sparse_product(m, columns=(f64[r0:r1], af[r0:], rowsum[r0:]))
+                    c_col = m[ni, nj]
+                    m[ni, nj] = 0.0
+                rowsum[r1:] += m[:, k:].sum(0)
+                if r0 == 0:
+                    torch.mm(m[:, k:].T, f64[:r1], out=af[r1:])
                 else:
-                    rowsum[r1:] += m[:, k:].sum(0)
-                    if first:
-                        torch.mm(m[:, k:].T, f64[:r1], out=af[r1:])
-                    else:
-                        af[r1:].addmm_(m[:, k:].T, f64[r0:r1])
-                if near:  # diagonal-block pairs are in a_row already
-                    af.index_add_(0, nj + r0, blk.diff * torch.where(nj >= k, c_col, 0.0)[:, None])  # g_j += c (f_j - f_i)
-        if native:
-            return _pair_native.combine_gradient(f64, rowsum, af)
-        return torch.mul(f64, rowsum[:, None]).sub_(af)
+                    af[r1:].addmm_(m[:, k:].T, f64[r0:r1])
+            self._add_near_terms(blk, af, c_row, c_row if c_col is None else c_col)
+        return self._combine(rowsum, af)
+
+    def apply_sparse(self, kernel) -> torch.Tensor:
+        """:meth:`apply` where the C pass adds each block row's terms itself, over its nonzero
+        coefficients only: ``kernel(number, blk, f, af, rowsum)`` (the block row's position, the
+        block row, then f, af and rowsum from row r0 on) adds them and returns the near pairs' (a_row,
+        a_col) for the difference-vector terms added here."""
+        n, dim = self.f64.shape
+        af = torch.zeros(n, dim, dtype=F64)
+        rowsum = torch.zeros(n, dtype=F64)
+        for number, blk in enumerate(self.rows):
+            r0 = blk.r0
+            c_row, c_col = kernel(number, blk, self.f64[r0:], af[r0:], rowsum[r0:])
+            self._add_near_terms(blk, af, c_row, c_col)
+        return self._combine(rowsum, af)
+
+    def _add_near_terms(self, blk: BlockRow, af, c_row, c_col) -> None:
+        """g_i += c (f_i - f_j) of the recomputed pairs, as -c (f_i - f_j) into af (and g_j for the
+        pairs right of the diagonal block: those in it are in a_row in both orders)."""
+        ni, nj = blk.near_i, blk.near_j
+        if not len(ni):  # native blocks list only the near pairs found (none, usually)
+            return
+        af.index_add_(0, ni + blk.r0, blk.diff * -c_row[:, None])
+        if blk.r1 < self.n:
+            af.index_add_(0, nj + blk.r0, blk.diff * torch.where(nj >= blk.k, c_col, 0.0)[:, None])
+
+    def _combine(self, rowsum, af) -> torch.Tensor:
+        """g = f * rowsum - af (float64; native: rounded to float32 in the same pass)."""
+        if self.native:
+            return _pair_native.combine_gradient(self.f64, rowsum, af)
+        return torch.mul(self.f64, rowsum[:, None]).sub_(af)
 
 
 def sum64(x: torch.Tensor, dim=None, keepdim: bool = False, init: float = 0.0) -> torch.Tensor:

@@ -137,21 +137,26 @@ def _osm_caa_native(pairs: PairBlocks, ids, s, margin, sigma, mean, top_diff, ne
     sums = torch.zeros(3, dtype=F64)  # value terms, raw c over all / positive pairs (both orders)
     kept = [native.osm_terms(blk.d2, ids[blk.r0:], s[blk.r0:], margin, mean, sigma, inv_divider, sums)
             for blk in pairs.rows]
+    sparse = pairs.sparse_pays(sum(nonzeros for _, nonzeros in kept))
+    kept = [raw for raw, _ in kept]
     value = (sums[0] / 2).to(dt) / p / 2
     if not need_grad:
         return value, None
     s_pos = (sums[2] / 2).to(dt) + EPS_SET
     s_neg = ((sums[1] - sums[2]) / 2).to(dt) + EPS_SET
-    alpha = torch.as_tensor(top_diff).detach().reshape(()).to(dt) / p
-    twice_pos, twice_neg = float(2 * s_pos.to(F64)), float(2 * s_neg.to(F64))
+    alpha = float(torch.as_tensor(top_diff).detach().reshape(()).to(dt) / p)
+    constants = margin, alpha, EPS_NEG, float(2 * s_pos.to(F64)), float(2 * s_neg.to(F64))
 
     def coefficients():
         for blk, raw in zip(pairs.rows, kept):
-            a, nonzeros = native.osm_coefficients(blk.d2, raw, ids[blk.r0:], s[blk.r0:], margin, float(alpha),
-                                                  EPS_NEG, twice_pos, twice_neg)
-            yield a, a, nonzeros
+            a = native.osm_coefficients(blk.d2, raw, ids[blk.r0:], s[blk.r0:], *constants)
+            yield a, a
 
-    return value, pairs.apply(coefficients())
+    def sparse_gradient(number, blk, f, af, rowsum):
+        return native.osm_sparse_gradient(blk.d2, kept[number], ids[blk.r0:], s[blk.r0:], *constants, blk.r1 < n,
+                                          f, af, rowsum, torch.stack((blk.near_i, blk.near_j), 1))
+
+    return value, pairs.apply_sparse(sparse_gradient) if sparse else pairs.apply(coefficients())
 
 
 class OSMCAAFunction(torch.autograd.Function):

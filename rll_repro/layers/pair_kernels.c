@@ -20,12 +20,13 @@ static float minf_nan(float a, float b) { return (a != a || b != b) ? NAN : (a <
  * for negatives; the diagonal 0) into w_out; per-anchor float64 sums of w over all / positive pairs
  * for the rows (row_all, row_pos) and, for columns k.., the columns (col_all, col_pos, indexed by
  * column); *total += sum over both orders of the squared value hinge (thresholds vlo / vhi, or t
- * itself where same_bounds). */
-void rll_weights(int64_t k, int64_t m, const float *d2, const int64_t *y, float pb, float nb, float tp,
-                 float tn, float bp, float bn, int same_bounds, float vlo, float vhi, float *w_out,
-                 double *row_all, double *row_pos, double *col_all, double *col_pos, double *total)
+ * itself where same_bounds). Returns the number of nonzero w. */
+int64_t rll_weights(int64_t k, int64_t m, const float *d2, const int64_t *y, float pb, float nb, float tp,
+                    float tn, float bp, float bn, int same_bounds, float vlo, float vhi, float *w_out,
+                    double *row_all, double *row_pos, double *col_all, double *col_pos, double *total)
 {
     double diag_sum = 0.0, right_sum = 0.0;
+    int64_t nonzeros = 0;
     for (int64_t i = 0; i < k; i++) {
         const float *dr = d2 + i * m;
         float *wr = w_out + i * m;
@@ -39,6 +40,7 @@ void rll_weights(int64_t k, int64_t m, const float *d2, const int64_t *y, float 
             if (!(t <= 0.0f) && j != i)
                 w = powf(same ? bp : bn, t * (same ? tp : tn));
             wr[j] = w;
+            nonzeros += w != 0.0f;
             const double w64 = (double)w;
             all += w64;
             if (same)
@@ -60,18 +62,18 @@ void rll_weights(int64_t k, int64_t m, const float *d2, const int64_t *y, float 
         row_pos[i] += pos;
     }
     *total += diag_sum + 2.0 * right_sum;
+    return nonzeros;
 }
 
 /* RLL pass 2: the signed coefficients K_ij = ((0.5 w / S_i) * share_i) * scale (S_i = S+_i for
  * positives, -S-_i for negatives), scale = float(1 / (double(d) + 1e-6)) * lam (unit direction, V12)
  * or lam (raw difference, CVPR era), as float64, row anchor into a_row and, where a_col is not NULL,
  * the column anchor (its own S, share) for columns k.. into a_col. The diagonal is 0. sp, sn, share
- * are indexed like the columns (global r0 ..). Returns the number of nonzero a_row entries. */
-int64_t rll_coefficients(int64_t k, int64_t m, const float *d2, const float *w, const int64_t *y,
-                         const float *sp, const float *sn, const float *share, float lam, int unit,
-                         double *a_row, double *a_col)
+ * are indexed like the columns (global r0 ..). */
+void rll_coefficients(int64_t k, int64_t m, const float *d2, const float *w, const int64_t *y,
+                      const float *sp, const float *sn, const float *share, float lam, int unit,
+                      double *a_row, double *a_col)
 {
-    int64_t nonzeros = 0;
     for (int64_t i = 0; i < k; i++) {
         const float *dr = d2 + i * m, *wr = w + i * m;
         double *ar = a_row + i * m;
@@ -82,23 +84,23 @@ int64_t rll_coefficients(int64_t k, int64_t m, const float *d2, const float *w, 
             const int same = y[j] == yi;
             const float scale = unit ? (float)(1.0 / ((double)sqrtf(dr[j]) + 1e-6)) * lam : lam;
             ar[j] = j == i ? 0.0 : (double)(hw / (same ? sp[i] : -sn[i]) * share[i] * scale);
-            nonzeros += ar[j] != 0.0;
             if (ac)
                 ac[j] = j < k ? 0.0 : (double)(hw / (same ? sp[j] : -sn[j]) * share[j] * scale);
         }
     }
-    return nonzeros;
 }
 
 /* OSM+CAA (SPEC osm 2.1-2.3), pass 1: hinge = max(m - d, 0); raw = the Gaussian pdf of d for
  * positives (q = (d - mean) / sigma, or d / sigma when mean is 0; float((double)((q * -0.5) * q)
  * exp * inv_divider)), the hinge for negatives, into raw_out; sums[0] += both orders of the value
  * terms (d^2 for positives, hinge^2 for negatives), sums[1] / sums[2] += both orders of raw * c over
- * all / positive pairs, c = min(s_i, s_j). The diagonal is 0. */
-void osm_terms(int64_t k, int64_t m, const float *d2, const int64_t *y, const float *s, float margin,
-               float mean, float sigma, double inv_divider, float *raw_out, double *sums)
+ * all / positive pairs, c = min(s_i, s_j). The diagonal is 0. Returns the number of nonzero raw
+ * off the diagonal. */
+int64_t osm_terms(int64_t k, int64_t m, const float *d2, const int64_t *y, const float *s, float margin,
+                  float mean, float sigma, double inv_divider, float *raw_out, double *sums)
 {
     double value[2] = {0.0, 0.0}, set[2] = {0.0, 0.0}, pos[2] = {0.0, 0.0};
+    int64_t nonzeros = 0;
     for (int64_t i = 0; i < k; i++) {
         const float *dr = d2 + i * m;
         float *rr = raw_out + i * m;
@@ -123,6 +125,7 @@ void osm_terms(int64_t k, int64_t m, const float *d2, const int64_t *y, const fl
                 continue;
             }
             rr[j] = raw;
+            nonzeros += raw != 0.0f;
             value[side] += (double)(same ? dr[j] : hinge * hinge);
             set[side] += (double)rc;
             if (same)
@@ -132,16 +135,16 @@ void osm_terms(int64_t k, int64_t m, const float *d2, const int64_t *y, const fl
     sums[0] += value[0] + 2.0 * value[1];
     sums[1] += set[0] + 2.0 * set[1];
     sums[2] += pos[0] + 2.0 * pos[1];
+    return nonzeros;
 }
 
 /* OSM pass 2: a_ij = float(double(raw) * double(c) / (2 S)) * coef (S = S+ for positives, S- for
  * negatives; coef = alpha for positives, (hinge * -alpha) / (d + eps_neg) for negatives), float64,
- * symmetric, diagonal 0. Returns the number of nonzero entries. */
-int64_t osm_coefficients(int64_t k, int64_t m, const float *d2, const float *raw, const int64_t *y,
-                         const float *s, float margin, float alpha, float eps_neg, double twice_pos,
-                         double twice_neg, double *a)
+ * symmetric, diagonal 0. */
+void osm_coefficients(int64_t k, int64_t m, const float *d2, const float *raw, const int64_t *y,
+                      const float *s, float margin, float alpha, float eps_neg, double twice_pos,
+                      double twice_neg, double *a)
 {
-    int64_t nonzeros = 0;
     for (int64_t i = 0; i < k; i++) {
         const float *dr = d2 + i * m, *rr = raw + i * m;
         double *ar = a + i * m;
@@ -156,10 +159,8 @@ int64_t osm_coefficients(int64_t k, int64_t m, const float *d2, const float *raw
             const float c = minf_nan(si, s[j]);
             const float w = (float)((double)rr[j] * (double)c / (same ? twice_pos : twice_neg));
             ar[j] = j == i ? 0.0 : (double)(w * coef);
-            nonzeros += ar[j] != 0.0;
         }
     }
-    return nonzeros;
 }
 
 /* |f_i|^2 of float32 rows in float64 (exact products, float64 sum). */
@@ -219,47 +220,100 @@ void combine_gradient(int64_t n, int64_t dim, const double *f, const double *row
             out[i * dim + c] = (float)(f[i * dim + c] * rowsum[i] - af[i * dim + c]);
 }
 
-/* The gradient product over the nonzero coefficients only (the RLL/OSM coefficient of a pair that
- * violates no margin is 0): for the k x m block a (float64), rows: af_rows[i] += a_ij f_cols[j] and
- * rowsum_rows[i] += a_ij over all j; columns (where af_cols is not NULL): af_cols[j] += a_ij f_rows[i]
- * and rowsum_cols[j] += a_ij for j >= k (either side may be NULL). Each output element adds its terms in a fixed order (the
- * vector width changes nothing: products and sums stay separate). Returns the row side's nonzeros. */
-__attribute__((target_clones("avx512f", "avx2", "default")))
-int64_t sparse_product(int64_t k, int64_t m, int64_t dim, const double *a, const double *f_rows,
-                       const double *f_cols, double *af_rows, double *rowsum_rows, double *af_cols,
-                       double *rowsum_cols)
+/* The gradient product over the nonzero coefficients only (the coefficient of a pair that violates
+ * no margin is 0), fused with pass 2: where few pairs are active this replaces the dense coefficient
+ * matrices and their GEMM. f, af, rowsum are indexed like the columns (global r0 ..): for each pair
+ * (i, j) with a nonzero coefficient, af[i] += a_row f[j] and rowsum[i] += a_row, and for j >= k
+ * (where columns) af[j] += a_col f[i] and rowsum[j] += a_col. The near pairs (row-major local (i, j),
+ * near_count of them) are left out; their coefficients go to near_row / near_col (a_col 0 for j < k)
+ * for the caller's difference-vector terms. Each output element adds its terms in a fixed order, the
+ * products and sums kept separate, so the vector width of the clone changes nothing. */
+static void add_scaled(int64_t dim, double c, const double *src, double *dst)
 {
-    int64_t nnz = 0;
-    for (int64_t i = 0; af_rows && i < k; i++) {
-        const double *ar = a + i * m;
-        double *dst = af_rows + i * dim;
-        double rs = 0.0;
+    for (int64_t e = 0; e < dim; e++)
+        dst[e] += c * src[e];
+}
+
+typedef struct {
+    const double *f;
+    double *af, *rowsum, *near_row, *near_col;
+    const int64_t *near;
+    int64_t dim, near_count, next;
+} Product;
+
+static int is_next_near(const Product *p, int64_t i, int64_t j)
+{
+    return p->next < p->near_count && p->near[2 * p->next] == i && p->near[2 * p->next + 1] == j;
+}
+
+/* Records the coefficients when (i, j) is the next near pair, else adds its terms. */
+static void add_pair(Product *p, int64_t i, int64_t j, double a_row, double a_col, int column)
+{
+    if (is_next_near(p, i, j)) {
+        p->near_row[p->next] = a_row;
+        p->near_col[p->next] = column ? a_col : 0.0;
+        p->next++;
+        return;
+    }
+    if (a_row != 0.0) {
+        p->rowsum[i] += a_row;
+        add_scaled(p->dim, a_row, p->f + j * p->dim, p->af + i * p->dim);
+    }
+    if (column && a_col != 0.0) {
+        p->rowsum[j] += a_col;
+        add_scaled(p->dim, a_col, p->f + i * p->dim, p->af + j * p->dim);
+    }
+}
+
+/* RLL pass 2 (the coefficients of rll_coefficients) and the product, sparse. */
+__attribute__((target_clones("avx512f", "avx2", "default")))
+void rll_sparse_gradient(int64_t k, int64_t m, const float *d2, const float *w, const int64_t *y,
+                         const float *sp, const float *sn, const float *share, float lam, int unit,
+                         int columns, int64_t dim, const double *f, double *af, double *rowsum,
+                         int64_t near_count, const int64_t *near, double *near_row, double *near_col)
+{
+    Product p = {f, af, rowsum, near_row, near_col, near, dim, near_count, 0};
+    for (int64_t i = 0; i < k; i++) {
+        const float *dr = d2 + i * m, *wr = w + i * m;
+        const int64_t yi = y[i];
         for (int64_t j = 0; j < m; j++) {
-            const double c = ar[j];
-            if (c == 0.0)
+            if (j == i || (wr[j] == 0.0f && !is_next_near(&p, i, j)))
                 continue;
-            nnz++;
-            rs += c;
-            const double *src = f_cols + j * dim;
-            for (int64_t e = 0; e < dim; e++)
-                dst[e] += c * src[e];
-        }
-        rowsum_rows[i] += rs;
-    }
-    if (af_cols) {
-        for (int64_t i = 0; i < k; i++) {
-            const double *ar = a + i * m;
-            const double *src = f_rows + i * dim;
-            for (int64_t j = k; j < m; j++) {
-                const double c = ar[j];
-                if (c == 0.0)
-                    continue;
-                rowsum_cols[j] += c;
-                double *dst = af_cols + j * dim;
-                for (int64_t e = 0; e < dim; e++)
-                    dst[e] += c * src[e];
-            }
+            const float hw = wr[j] * 0.5f;
+            const int same = y[j] == yi, column = columns && j >= k;
+            const float scale = unit ? (float)(1.0 / ((double)sqrtf(dr[j]) + 1e-6)) * lam : lam;
+            const double a_row = (double)(hw / (same ? sp[i] : -sn[i]) * share[i] * scale);
+            const double a_col = column ? (double)(hw / (same ? sp[j] : -sn[j]) * share[j] * scale) : 0.0;
+            add_pair(&p, i, j, a_row, a_col, column);
         }
     }
-    return nnz;
+}
+
+/* OSM pass 2 (the coefficients of osm_coefficients) and the product, sparse; raw == 0 gives a == 0. */
+__attribute__((target_clones("avx512f", "avx2", "default")))
+void osm_sparse_gradient(int64_t k, int64_t m, const float *d2, const float *raw, const int64_t *y,
+                         const float *s, float margin, float alpha, float eps_neg, double twice_pos,
+                         double twice_neg, int columns, int64_t dim, const double *f, double *af,
+                         double *rowsum, int64_t near_count, const int64_t *near, double *near_row,
+                         double *near_col)
+{
+    Product p = {f, af, rowsum, near_row, near_col, near, dim, near_count, 0};
+    for (int64_t i = 0; i < k; i++) {
+        const float *dr = d2 + i * m, *rr = raw + i * m;
+        const int64_t yi = y[i];
+        const float si = s[i];
+        for (int64_t j = 0; j < m; j++) {
+            if (j == i || (rr[j] == 0.0f && !is_next_near(&p, i, j)))
+                continue;
+            const float d = sqrtf(dr[j]);
+            const int same = y[j] == yi;
+            float hinge = margin - d;
+            hinge = hinge < 0.0f ? 0.0f : hinge;
+            const float coef = same ? alpha : hinge * -alpha / (d + eps_neg);
+            const float c = minf_nan(si, s[j]);
+            const float wt = (float)((double)rr[j] * (double)c / (same ? twice_pos : twice_neg));
+            const double a = (double)(wt * coef);
+            add_pair(&p, i, j, a, a, columns && j >= k);
+        }
+    }
 }

@@ -155,6 +155,8 @@ def _rll_value_and_grad(emb, labels, params: RLLParams, top_diff, era: str, need
             kept = [native.rll_weights(blk.d2, ids[blk.r0:], *bounds, *scales, differ, all_sum[blk.r0:blk.r1],
                                        pos_sum[blk.r0:blk.r1], all_sum[blk.r0:], pos_sum[blk.r0:], total)
                     for blk in pairs.rows]
+            sparse = pairs.sparse_pays(sum(nonzeros for _, nonzeros in kept))
+            kept = [w for w, _ in kept]
         value = (total / (n * (n - 1))).to(dt)  # both orders: 2 * sum_{i<j} / (2P)
         if not need_grad:
             return value, None
@@ -166,6 +168,12 @@ def _rll_value_and_grad(emb, labels, params: RLLParams, top_diff, era: str, need
                 r0 = blk.r0
                 yield native.rll_coefficients(blk.d2, w, ids[r0:], sp[r0:], sn[r0:], share[r0:], float(lam),
                                               era == "v12", blk.r1 < n)
+
+        def native_sparse(number, blk, f, af, rowsum):
+            r0 = blk.r0
+            return native.rll_sparse_gradient(blk.d2, kept[number], ids[r0:], sp[r0:], sn[r0:],
+                                              share[r0:], float(lam), era == "v12", blk.r1 < n, f, af, rowsum,
+                                              torch.stack((blk.near_i, blk.near_j), 1))
 
         def coefficients():
             for blk, (d, same, w) in zip(pairs.rows, kept):
@@ -179,7 +187,10 @@ def _rll_value_and_grad(emb, labels, params: RLLParams, top_diff, era: str, need
                 a_col = _signed_shares(half_w, same, sp[None, r0:], sn[None, r0:], share[None, r0:])
                 yield a_row.mul_(scale), a_col.mul_(scale)
 
-        grad = pairs.apply(coefficients() if ids is None else native_coefficients()).to(dt)
+        if ids is None:
+            grad = pairs.apply(coefficients()).to(dt)
+        else:
+            grad = pairs.apply_sparse(native_sparse) if sparse else pairs.apply(native_coefficients())
     return value, grad.reshape(emb.shape)
 
 
