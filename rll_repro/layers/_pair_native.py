@@ -22,6 +22,8 @@ _SIGNATURES = {
     "squared_norms": [_i64, _i64, _ptr, _ptr],
     "gram_distances": [_i64, _i64, _ptr, _ptr, _ptr, _ptr, _i64, _ptr],
     "combine_gradient": [_i64, _i64, _ptr, _ptr, _ptr, _ptr],
+    "l2_normalize_forward": [_i64, _i64, _ptr, _f64, _ptr, _ptr],
+    "l2_normalize_backward": [_i64, _i64, _ptr, _ptr, _ptr, _ptr],
     "rll_sparse_gradient": [_i64, _i64, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _f32, _int, _int, _i64, _ptr, _ptr,
                             _ptr, _i64, _ptr, _ptr, _ptr],
     "osm_sparse_gradient": [_i64, _i64, _ptr, _ptr, _ptr, _ptr, _f32, _f32, _f32, _f64, _f64, _int, _i64, _ptr,
@@ -158,4 +160,23 @@ def combine_gradient(f64, rowsum, af):
     n, dim = f64.shape
     out = torch.empty(n, dim, dtype=torch.float32)
     _kernels().combine_gradient(n, dim, _p(f64), _p(rowsum), _p(af), _p(out))
+    return out
+
+
+def l2_normalize_forward(x2, eps: float):
+    """(y, scale (n, 1)) of Caffe's L2 Normalization of the float32 rows of ``x2``."""
+    n, dim = x2.shape
+    x2 = x2.contiguous()
+    y = torch.empty_like(x2)
+    scale = torch.empty(n, 1, dtype=torch.float32)
+    _kernels().l2_normalize_forward(n, dim, _p(x2), eps, _p(y), _p(scale))
+    return y, scale
+
+
+def l2_normalize_backward(y2, g2, scale):
+    """Caffe's L2 Normalization backward of float32 rows (``l2_normalize_backward``)."""
+    n, dim = y2.shape
+    g2 = g2.contiguous()
+    out = torch.empty_like(g2)
+    _kernels().l2_normalize_backward(n, dim, _p(y2.contiguous()), _p(g2), _p(scale), _p(out))
     return out

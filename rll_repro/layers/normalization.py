@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 
+from rll_repro.layers import _pair_native
 from rll_repro.layers._pairwise import F64, sum64
 from rll_repro.layers._util import check_bottoms, check_tops, fail, has
 from rll_repro.layers.base import Layer
@@ -38,8 +39,13 @@ class L2NormalizeFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, eps: float):
         x2 = x.reshape(x.shape[0], -1)
-        scale = _pow(sum64(x2 * x2, 1, keepdim=True), eps, -0.5)
-        y = (x2 * scale).reshape(x.shape)
+        ctx.native = _pair_native.usable(x)  # the same operations, one pass (pair_kernels.c)
+        if ctx.native:
+            y, scale = _pair_native.l2_normalize_forward(x2, eps)
+            y = y.reshape(x.shape)
+        else:
+            scale = _pow(sum64(x2 * x2, 1, keepdim=True), eps, -0.5)
+            y = (x2 * scale).reshape(x.shape)
         # Caffe's backward recomputes the norm from x: the same operations on the same x give this
         # very value (autograd's version check refuses an x changed in place in between)
         ctx.save_for_backward(x, y, scale)
@@ -50,6 +56,8 @@ class L2NormalizeFunction(torch.autograd.Function):
         x, y, scale = ctx.saved_tensors
         n = x.shape[0]
         y2, g2 = y.reshape(n, -1), grad_y.reshape(n, -1)
+        if ctx.native and _pair_native.usable(grad_y):
+            return _pair_native.l2_normalize_backward(y2, g2, scale).reshape(x.shape), None
         t = g2 - sum64(y2 * g2, 1, keepdim=True) * y2
         return (t * scale).reshape(x.shape), None
 

@@ -317,3 +317,33 @@ void osm_sparse_gradient(int64_t k, int64_t m, const float *d2, const float *raw
         }
     }
 }
+
+/* L2 Normalization (SPEC rll 2.1, osm 2.5), per sample: scale = float(pow(double(q) + eps, -0.5)),
+ * q = float(sum of float(x * x)) summed in double; y = x * scale. */
+void l2_normalize_forward(int64_t n, int64_t dim, const float *x, double eps, float *y, float *scale)
+{
+    for (int64_t i = 0; i < n; i++) {
+        const float *xr = x + i * dim;
+        double q = 0.0;
+        for (int64_t c = 0; c < dim; c++)
+            q += (double)(xr[c] * xr[c]);
+        const float s = (float)pow((double)(float)q + eps, -0.5);
+        scale[i] = s;
+        for (int64_t c = 0; c < dim; c++)
+            y[i * dim + c] = xr[c] * s;
+    }
+}
+
+/* Its backward: g_x = (g_y - float(dot(y, g_y)) * y) * scale, the dot of float products summed in double. */
+void l2_normalize_backward(int64_t n, int64_t dim, const float *y, const float *g, const float *scale, float *out)
+{
+    for (int64_t i = 0; i < n; i++) {
+        const float *yr = y + i * dim, *gr = g + i * dim;
+        double dot = 0.0;
+        for (int64_t c = 0; c < dim; c++)
+            dot += (double)(yr[c] * gr[c]);
+        const float d = (float)dot, s = scale[i];
+        for (int64_t c = 0; c < dim; c++)
+            out[i * dim + c] = (gr[c] - d * yr[c]) * s;
+    }
+}
