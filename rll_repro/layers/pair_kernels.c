@@ -16,6 +16,22 @@
 static double min_nan(double a, double b) { return (a != a || b != b) ? NAN : (a < b ? a : b); }
 static float minf_nan(float a, float b) { return (a != a || b != b) ? NAN : (a < b ? a : b); }
 
+/* sum_c (double)(a[c] * b[c]) with the float products rounded (Caffe's float x*x), or exact double
+ * products (exact = 1), summed in double in 8 interleaved chains: the order differs from a plain loop
+ * by float64 rounding only (the callers round the sum to float). */
+static double dot64(int64_t dim, const float *a, const float *b, int exact)
+{
+    double acc[8] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
+    int64_t c = 0;
+    for (; c + 8 <= dim; c += 8)
+        for (int l = 0; l < 8; l++)
+            acc[l] += exact ? (double)a[c + l] * (double)b[c + l] : (double)(a[c + l] * b[c + l]);
+    double s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    for (; c < dim; c++)
+        s += exact ? (double)a[c] * (double)b[c] : (double)(a[c] * b[c]);
+    return s;
+}
+
 /* RLL (SPEC rll 1.1-1.5), pass 1: w = pow(base, T t) where t > 0 (t = d - pb for positives, nb - d
  * for negatives; the diagonal 0) into w_out; per-anchor float64 sums of w over all / positive pairs
  * for the rows (row_all, row_pos) and, for columns k.., the columns (col_all, col_pos, indexed by
@@ -166,13 +182,8 @@ void osm_coefficients(int64_t k, int64_t m, const float *d2, const float *raw, c
 /* |f_i|^2 of float32 rows in float64 (exact products, float64 sum). */
 void squared_norms(int64_t n, int64_t dim, const float *f, double *out)
 {
-    for (int64_t i = 0; i < n; i++) {
-        const float *r = f + i * dim;
-        double s = 0.0;
-        for (int64_t c = 0; c < dim; c++)
-            s += (double)r[c] * (double)r[c];
-        out[i] = s;
-    }
+    for (int64_t i = 0; i < n; i++)
+        out[i] = dot64(dim, f + i * dim, f + i * dim, 1);
 }
 
 /* A Gram block g (float64 k x m, holding |f_i|^2 - 2 f_i.f_j) into squared distances: d2 = float(max(g
@@ -324,10 +335,7 @@ void l2_normalize_forward(int64_t n, int64_t dim, const float *x, double eps, fl
 {
     for (int64_t i = 0; i < n; i++) {
         const float *xr = x + i * dim;
-        double q = 0.0;
-        for (int64_t c = 0; c < dim; c++)
-            q += (double)(xr[c] * xr[c]);
-        const float s = (float)pow((double)(float)q + eps, -0.5);
+        const float s = (float)pow((double)(float)dot64(dim, xr, xr, 0) + eps, -0.5);
         scale[i] = s;
         for (int64_t c = 0; c < dim; c++)
             y[i * dim + c] = xr[c] * s;
@@ -339,10 +347,7 @@ void l2_normalize_backward(int64_t n, int64_t dim, const float *y, const float *
 {
     for (int64_t i = 0; i < n; i++) {
         const float *yr = y + i * dim, *gr = g + i * dim;
-        double dot = 0.0;
-        for (int64_t c = 0; c < dim; c++)
-            dot += (double)(yr[c] * gr[c]);
-        const float d = (float)dot, s = scale[i];
+        const float d = (float)dot64(dim, yr, gr, 0), s = scale[i];
         for (int64_t c = 0; c < dim; c++)
             out[i * dim + c] = (gr[c] - d * yr[c]) * s;
     }
