@@ -23,3 +23,19 @@ def shared_path(*parts: str) -> Path:
 def shared():
     """``shared('oracle', 'rll', ...)`` -> Path, skipping when ../shared is absent."""
     return shared_path
+
+
+@pytest.fixture(params=["native", "pytorch"])
+def pair_kernels(request, monkeypatch):
+    """Runs a test on both paths of the pair losses and L2 Normalization: the C passes
+    (rll_repro/layers/pair_kernels.c, float32 CPU tensors) and the PyTorch ops every device uses."""
+    if request.param == "pytorch":
+        monkeypatch.setenv("RLL_REPRO_NATIVE", "0")
+    else:
+        from rll_repro import native
+        from rll_repro.layers import _pair_native
+
+        monkeypatch.setenv("RLL_REPRO_NATIVE", "1")
+        if native.load(_pair_native.SOURCE) is None:
+            pytest.skip(f"pair kernels not built here: {native.status(_pair_native.SOURCE)}")
+    return request.param

@@ -25,6 +25,7 @@ from rll_repro.layers.osm_caa import (
 
 HEADS = ["osm_caa_head_cars", "osm_caa_head_variant"]
 TOL = 1e-6
+pytestmark = pytest.mark.usefixtures("pair_kernels")  # the C passes and the PyTorch ops alike
 
 
 def layer_params(case):

@@ -32,6 +32,7 @@ from rll_repro.layers.rll import (
 CASES = ["rll_bases", "rll_edge_duplicates", "rll_edge_no_violation", "rll_edge_single_class",
          "rll_inshop_tn12", "rll_sop_default", "rll_tp_nonzero"]
 TOL = 1e-6
+pytestmark = pytest.mark.usefixtures("pair_kernels")  # the C passes and the PyTorch ops alike
 
 
 def loss_param(case):
