@@ -4,6 +4,7 @@ RankedListLoss vs pml's RankedListLoss, OSMCAALoss vs pml's ContrastiveLoss (OSM
     .venv/bin/python bench/bench_loss_speed.py [--sizes 180,512,1024,2048] [--threads 1,2] [--repeats 7]
     .venv/bin/python bench/bench_loss_speed.py --profile 2048   # where the time goes (one thread)
     .venv/bin/python bench/bench_loss_speed.py --retain-memory  # glibc keeps freed blocks, as in a CPU solver
+    .venv/bin/python bench/bench_loss_speed.py --pytorch-ops    # ours without the C pair passes (RLL_REPRO_NATIVE=0)
 
 D = 512, C x 3 batches (labels = arange(N) // 3), random embeddings; every loss normalises its input
 (ours: the forks' L2 Normalization with its own backward; pml: LpDistance's normalisation). pml's
@@ -17,6 +18,7 @@ pytorch-metric-learning is a bench-only optional dependency (``pip install pytor
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -76,8 +78,12 @@ def medians(fns, repeats):
 def table(sizes, threads, repeats):
     pml_rll, pml_con = load_pml()
     ours_rll, ours_osm = RankedListLoss(), OSMCAALoss()
+    from rll_repro import native
+    from rll_repro.layers import _pair_native
+
     print(f"torch {torch.__version__}, D = {DIM}, median of {repeats} interleaved rounds, "
           f"pml {'available' if pml_rll is not None else 'not importable (columns skipped)'}")
+    print(f"ours: C pair passes {native.status(_pair_native.SOURCE)}")
     header = (f"{'thr':>3} {'N':>5} | {'RLL ms':>8} {'pml RLL':>8} {'ratio':>6} {'cpu ratio':>9} | "
               f"{'OSM ms':>8} {'pml Con':>8} {'ratio':>6} {'cpu ratio':>9}")
     print(header)
@@ -147,7 +153,11 @@ def main():
     ap.add_argument("--retain-memory", action="store_true",
                     help="keep freed host memory for reuse (rll_repro.host_memory, what the CLI and a CPU solver set) "
                          "for both losses; default: the allocator as a library user has it")
+    ap.add_argument("--pytorch-ops", action="store_true",
+                    help="run ours on its PyTorch path only (what a GPU runs), without the C pair passes")
     args = ap.parse_args()
+    if args.pytorch_ops:
+        os.environ["RLL_REPRO_NATIVE"] = "0"
     if args.retain_memory:
         from rll_repro.host_memory import retain_freed_memory
 
