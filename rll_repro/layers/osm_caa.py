@@ -139,13 +139,16 @@ def _osm_caa_native(pairs: PairBlocks, ids, s, margin, sigma, mean, top_diff, ne
             for blk in pairs.rows]
     sparse = pairs.sparse_pays(sum(nonzeros for _, nonzeros in kept))
     kept = [raw for raw, _ in kept]
-    value = (sums[0] / 2).to(dt) / p / 2
+    # the scalar steps of the PyTorch path in numpy float32 (the same IEEE operations, no tensor ops)
+    value_sum, set_sum, pos_set_sum = sums.tolist()
+    fp = f32(p)
+    value = torch.tensor(f32(value_sum / 2) / fp / f32(2))
     if not need_grad:
         return value, None
-    s_pos = (sums[2] / 2).to(dt) + EPS_SET
-    s_neg = ((sums[1] - sums[2]) / 2).to(dt) + EPS_SET
-    alpha = float(torch.as_tensor(top_diff).detach().reshape(()).to(dt) / p)
-    constants = margin, alpha, EPS_NEG, float(2 * s_pos.to(F64)), float(2 * s_neg.to(F64))
+    s_pos = f32(pos_set_sum / 2) + f32(EPS_SET)
+    s_neg = f32((set_sum - pos_set_sum) / 2) + f32(EPS_SET)
+    alpha = float(f32(float(torch.as_tensor(top_diff))) / fp)
+    constants = margin, alpha, EPS_NEG, 2 * float(s_pos), 2 * float(s_neg)
 
     def coefficients():
         for blk, raw in zip(pairs.rows, kept):
