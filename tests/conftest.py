@@ -39,3 +39,16 @@ def pair_kernels(request, monkeypatch):
         if native.load(_pair_native.SOURCE) is None:
             pytest.skip(f"pair kernels not built here: {native.status(_pair_native.SOURCE)}")
     return request.param
+
+
+@pytest.fixture(params=["native", "masks"])
+def count_kernels(request, monkeypatch):
+    """Runs a test on both paths of the Recall@K counts: the C counters (rll_repro/eval/count_kernels.c)
+    and the word-wise mask counts they stand in for."""
+    from rll_repro import native
+    from rll_repro.eval import counts
+
+    monkeypatch.setenv("RLL_REPRO_NATIVE", "1" if request.param == "native" else "0")
+    if request.param == "native" and counts._kernels() is None:
+        pytest.skip(f"count kernels not built here: {native.status(counts.SOURCE)}")
+    return request.param

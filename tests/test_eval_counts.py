@@ -67,3 +67,27 @@ def test_rows_and_columns_above_give_both_counts():
     assert g.tolist() == (values > thr_rows).sum(1).tolist() and a.tolist() == (values >= thr_rows).sum(1).tolist()
     g, a = counts.columns_above(values, thr_cols, mask)
     assert g.tolist() == (values > thr_cols).sum(0).tolist() and a.tolist() == (values >= thr_cols).sum(0).tolist()
+
+
+@pytest.mark.parametrize("cols", [1, 9, 2041, 12612])
+def test_rows_above_and_tile_counts_are_numpys_exact_counts(count_kernels, cols):
+    """Exact integers on either path: ties with the thresholds, -inf (masked self and positives), NaN
+    (compares false), a strided view of a wider buffer, columns counted from an offset."""
+    rng = np.random.default_rng(cols)
+    wide = rng.integers(-3, 4, (300, cols + 5)).astype(np.float32)
+    wide[0, 0], wide[1, -6] = -np.inf, np.nan
+    values = wide[:, :cols]  # row stride cols + 5
+    t_rows = rng.integers(-3, 4, 300).astype(np.float32)
+    off = cols // 3
+    t_cols = rng.integers(-3, 4, cols - off).astype(np.float32)
+    mask = counts.mask_buffer(64, cols)
+    above, at_or_above = counts.rows_above(values[:40], t_rows[:40, None], mask)
+    assert above.tolist() == (values[:40] > t_rows[:40, None]).sum(1).tolist()
+    assert at_or_above.tolist() == (values[:40] >= t_rows[:40, None]).sum(1).tolist()
+    acc = [np.full(300, 7, np.int64), np.full(300, 7, np.int64), np.full(cols - off, 7, np.int64),
+           np.full(cols - off, 7, np.int64)]
+    counts.tile_counts(values, t_rows, off, t_cols, mask, *acc)  # 300 rows: beyond one byte lane
+    assert acc[0].tolist() == (7 + (values > t_rows[:, None]).sum(1)).tolist()
+    assert acc[1].tolist() == (7 + (values >= t_rows[:, None]).sum(1)).tolist()
+    assert acc[2].tolist() == (7 + (values[:, off:] > t_cols[None, :]).sum(0)).tolist()
+    assert acc[3].tolist() == (7 + (values[:, off:] >= t_cols[None, :]).sum(0)).tolist()

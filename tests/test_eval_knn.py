@@ -38,7 +38,7 @@ def _reference_order(x, exclude_self=True):
 
 
 @pytest.mark.parametrize("block_rows", [1, 7, 64, 1000])
-def test_first_hit_ranks_equal_stable_sort_for_any_block_size(block_rows):
+def test_first_hit_ranks_equal_stable_sort_for_any_block_size(count_kernels, block_rows):
     x, labels = _tied_features()
     order, _ = _reference_order(x)
     hits = labels[order] == labels[:, None]  # self sits last and is same-class
@@ -104,7 +104,7 @@ def test_first_hit_ranks_do_not_depend_on_worker_threads(threads):
 
 
 @pytest.mark.parametrize("n,block_rows,seed", [(300, 64, 0), (1000, 100, 1), (700, 2048, 2), (513, 70, 3)])
-def test_symmetric_path_equals_plain_path_on_data_with_ties(n, block_rows, seed):
+def test_symmetric_path_equals_plain_path_on_data_with_ties(count_kernels, n, block_rows, seed):
     """Self-retrieval computes each block of X·Xᵀ once for its rows and its columns (in label order);
     the plain path computes every row's similarities itself. Integer features with normalized=True
     make every similarity an exact small integer, so the two agree on any BLAS, ties everywhere

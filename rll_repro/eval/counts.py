@@ -11,10 +11,47 @@ uint64 add lane by lane without carries as long as no lane exceeds 255, so
 Both replace numpy's byte-by-byte ``sum(axis=...)`` (about 4x faster on this machine); the counts are
 exact integers, so nothing about the ranking changes. Masks come from :func:`mask_buffer`: rows padded
 to a multiple of 8 bytes (of 2,040 beyond that: whole groups), the padding kept False.
+
+Where the C counters (count_kernels.c, built by :mod:`rll_repro.native`) are available,
+:func:`rows_above` and :func:`tile_counts` count in one pass without any mask (the same IEEE
+comparisons, NaN false as in numpy); the mask path above is their fallback.
 """
 from __future__ import annotations
 
+import ctypes
+from pathlib import Path
+
 import numpy as np
+
+from rll_repro import native
+
+SOURCE = Path(__file__).with_name("count_kernels.c")
+_lib = None
+
+
+def _kernels():
+    """The C counters, or None (not built here, or RLL_REPRO_NATIVE=0)."""
+    global _lib
+    if not native.enabled():
+        return None
+    if _lib is None:
+        lib = native.load(SOURCE)
+        if lib is not None:
+            i64, ptr = ctypes.c_int64, ctypes.c_void_p
+            lib.rows_above.argtypes = [i64, i64, i64, ptr, ptr, ptr, ptr]
+            lib.tile_counts.argtypes = [i64, i64, i64, ptr, ptr, i64, ptr, ptr, ptr, ptr, ptr]
+            lib.rows_above.restype = lib.tile_counts.restype = None
+        _lib = lib if lib is not None else False
+    return _lib or None
+
+
+def _rows_ok(values: np.ndarray) -> bool:
+    """float32 rows with unit column stride (any row stride): what the C counters read."""
+    return values.dtype == np.float32 and values.ndim == 2 and values.strides[1] == 4 and values.strides[0] % 4 == 0
+
+
+def _floats(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
 
 LANE_MAX = 255  # words per group (row counts) and rows per call (column counts): a byte lane holds 255
 GROUP_COLS = 8 * LANE_MAX  # mask bytes per group of words
@@ -66,6 +103,14 @@ def column_counts(words: np.ndarray, cols: int) -> np.ndarray:
 
 def rows_above(values: np.ndarray, threshold: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per row: how many values are > and >= its threshold (int64 each; ``threshold`` (rows, 1))."""
+    lib = _kernels()
+    if lib is not None and _rows_ok(values):
+        r, c = values.shape
+        t = _floats(threshold)
+        above, at_or_above = np.empty(r, np.int64), np.empty(r, np.int64)
+        lib.rows_above(r, c, values.strides[0] // 4, values.ctypes.data, t.ctypes.data, above.ctypes.data,
+                       at_or_above.ctypes.data)
+        return above, at_or_above
     return tuple(row_counts(compare(values, threshold, mask, strict)) for strict in (True, False))
 
 
@@ -74,3 +119,28 @@ def columns_above(values: np.ndarray, threshold: np.ndarray, mask: np.ndarray) -
     ``threshold`` (1, cols))."""
     cols = values.shape[1]
     return tuple(column_counts(compare(values, threshold, mask, strict), cols) for strict in (True, False))
+
+
+def tile_counts(values: np.ndarray, t_rows: np.ndarray, off: int, t_cols: np.ndarray, mask: np.ndarray,
+                row_g: np.ndarray, row_a: np.ndarray, col_g: np.ndarray, col_a: np.ndarray) -> None:
+    """A tile's counts added to int64 accumulators: per row (threshold ``t_rows``) over all its columns
+    into row_g (>) / row_a (>=), and per column from ``off`` on (threshold ``t_cols``, one per
+    column from off) over all its rows into col_g / col_a (indexed from off)."""
+    lib = _kernels()
+    r, c = values.shape
+    if lib is not None and _rows_ok(values) and all(a.dtype == np.int64 and a.flags.c_contiguous
+                                                    for a in (row_g, row_a, col_g, col_a)):
+        tr, tc = _floats(t_rows), _floats(t_cols)
+        lib.tile_counts(r, c, values.strides[0] // 4, values.ctypes.data, tr.ctypes.data, off, tc.ctypes.data,
+                        row_g.ctypes.data, row_a.ctypes.data, col_g.ctypes.data, col_a.ctypes.data)
+        return
+    t_rows, t_cols = t_rows.reshape(-1, 1), t_cols.reshape(1, -1)
+    for s in range(0, r, min(LANE_MAX, mask.shape[0])):
+        e = min(s + min(LANE_MAX, mask.shape[0]), r)
+        g, a = rows_above(values[s:e], t_rows[s:e], mask)
+        row_g[s:e] += g
+        row_a[s:e] += a
+        if off < c:
+            g, a = columns_above(values[s:e, off:], t_cols, mask)
+            col_g += g
+            col_a += a

@@ -128,17 +128,8 @@ def symmetric_ranks(torch, X: np.ndarray, labels: np.ndarray, block_rows: int, p
                 if lo < hi:
                     sn[a - r0:e - r0, lo - c0:hi - c0] = -np.inf
         off = max(r1 - c0, 0)  # columns beyond the diagonal block count for their own rows too
-        t_cols = thr[None, c0 + off:c1]
-        for c in range(0, r1 - r0, CHUNK_ROWS):
-            e = min(c + CHUNK_ROWS, r1 - r0)
-            sub, t_rows = sn[c:e], thr[r0 + c:r0 + e, None]
-            g, a = counts.rows_above(sub, t_rows, mask)
-            greater[r0 + c:r0 + e] += g
-            at_least[r0 + c:r0 + e] += a
-            if off < c1 - c0:
-                g, a = counts.columns_above(sub[:, off:], t_cols, mask)
-                greater[c0 + off:c1] += g
-                at_least[c0 + off:c1] += a
+        counts.tile_counts(sn, thr[r0:r1], off, thr[c0 + off:c1], mask, greater[r0:r1], at_least[r0:r1],
+                           greater[c0 + off:c1], at_least[c0 + off:c1])
 
     def done(task):
         if progress is not None:  # rows in proportion to the pairs counted

@@ -1,0 +1,55 @@
+/* How many similarities of each row (and column) of a tile lie above a threshold: the counts of
+ * rll_repro/eval/counts.py in one pass, built by rll_repro/native.py. The counts are exact integers
+ * of IEEE float comparisons (NaN compares false, as numpy's), so the ranks they give are the same. */
+#include <stdint.h>
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define VECTOR_CLONES
+#endif
+
+/* Rows 0 .. rows-1 of values (row stride `stride` floats): above[r] = #{v > thr[r]},
+ * at_or_above[r] = #{v >= thr[r]} over the first cols entries. */
+VECTOR_CLONES
+void rows_above(int64_t rows, int64_t cols, int64_t stride, const float *values, const float *thr,
+                int64_t *above, int64_t *at_or_above)
+{
+    for (int64_t r = 0; r < rows; r++) {
+        const float *v = values + r * stride;
+        const float t = thr[r];
+        int32_t g = 0, a = 0;
+        for (int64_t c = 0; c < cols; c++) {
+            g += v[c] > t;
+            a += v[c] >= t;
+        }
+        above[r] = g;
+        at_or_above[r] = a;
+    }
+}
+
+/* A tile's counts for its rows and, from column `off` on, for its columns: row_g[r] += #{v > t_rows[r]},
+ * row_a[r] += #{v >= t_rows[r]} over all cols; col_g[c] += #{v > t_cols[c]}, col_a[c] += #{v >=
+ * t_cols[c]} over all rows, for c in off .. cols-1 (t_cols, col_g, col_a indexed from off). */
+VECTOR_CLONES
+void tile_counts(int64_t rows, int64_t cols, int64_t stride, const float *values, const float *t_rows,
+                 int64_t off, const float *t_cols, int64_t *row_g, int64_t *row_a, int64_t *col_g,
+                 int64_t *col_a)
+{
+    for (int64_t r = 0; r < rows; r++) {
+        const float *v = values + r * stride;
+        const float t = t_rows[r];
+        int32_t g = 0, a = 0;
+        for (int64_t c = 0; c < cols; c++) {
+            g += v[c] > t;
+            a += v[c] >= t;
+        }
+        row_g[r] += g;
+        row_a[r] += a;
+        const float *w = v + off;
+        for (int64_t c = 0; c < cols - off; c++) {
+            col_g[c] += w[c] > t_cols[c];
+            col_a[c] += w[c] >= t_cols[c];
+        }
+    }
+}
