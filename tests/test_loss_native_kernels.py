@@ -135,6 +135,22 @@ def test_float_labels_and_nan_embeddings_behave_as_in_pytorch(monkeypatch):
         assert torch.equal(torch.isnan(g), torch.isnan(g0))
 
 
+def test_non_contiguous_embeddings_without_normalisation(monkeypatch):
+    """A transposed (column-major) batch goes to the C passes as rows: the same loss as PyTorch's."""
+    from rll_repro.losses import OSMCAALoss, RankedListLoss
+
+    x, y, s = batch(300)
+    xt = x.T.contiguous().T  # same values, column-major
+    for loss, extra in ((RankedListLoss(normalize=False), ()), (OSMCAALoss(normalize=False), (s,))):
+        def run():
+            xi = xt.detach().requires_grad_()
+            value = loss(xi, y, *extra)
+            value.backward()
+            return value.detach(), xi.grad
+        (v, g), (v0, g0) = both_paths(monkeypatch, run)
+        assert rel(v, v0) <= TOL and rel(g, g0) <= TOL
+
+
 def test_nan_float_labels_use_the_pytorch_path():
     assert _pair_native.class_ids(torch.tensor([0.0, float("nan"), 1.0])) is None
     ids = _pair_native.class_ids(torch.tensor([2.5, -0.0, 2.5, 0.0]))

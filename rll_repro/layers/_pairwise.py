@@ -70,6 +70,8 @@ class PairBlocks:
     def __init__(self, f: torch.Tensor, native: bool = False):
         n, dim = f.shape
         self.n, self.native = n, native
+        if native:  # the C passes read rows in place
+            f = f.contiguous()
         f64 = f.to(F64)
         self.f64 = f64
         if native:  # the same steps in one pass each (pair_kernels.c)
