@@ -9,23 +9,26 @@
 #define VECTOR_CLONES
 #endif
 
+/* #{v > t} into *above and #{v >= t} into *at_or_above, over cols values. */
+static inline void count_row(const float *v, int64_t cols, float t, int64_t *above, int64_t *at_or_above)
+{
+    int32_t g = 0, a = 0;
+    for (int64_t c = 0; c < cols; c++) {
+        g += v[c] > t;
+        a += v[c] >= t;
+    }
+    *above = g;
+    *at_or_above = a;
+}
+
 /* Rows 0 .. rows-1 of values (row stride `stride` floats): above[r] = #{v > thr[r]},
  * at_or_above[r] = #{v >= thr[r]} over the first cols entries. */
 VECTOR_CLONES
 void rows_above(int64_t rows, int64_t cols, int64_t stride, const float *values, const float *thr,
                 int64_t *above, int64_t *at_or_above)
 {
-    for (int64_t r = 0; r < rows; r++) {
-        const float *v = values + r * stride;
-        const float t = thr[r];
-        int32_t g = 0, a = 0;
-        for (int64_t c = 0; c < cols; c++) {
-            g += v[c] > t;
-            a += v[c] >= t;
-        }
-        above[r] = g;
-        at_or_above[r] = a;
-    }
+    for (int64_t r = 0; r < rows; r++)
+        count_row(values + r * stride, cols, thr[r], above + r, at_or_above + r);
 }
 
 /* A tile's counts for its rows and, from column `off` on, for its columns: row_g[r] += #{v > t_rows[r]},
@@ -38,12 +41,8 @@ void tile_counts(int64_t rows, int64_t cols, int64_t stride, const float *values
 {
     for (int64_t r = 0; r < rows; r++) {
         const float *v = values + r * stride;
-        const float t = t_rows[r];
-        int32_t g = 0, a = 0;
-        for (int64_t c = 0; c < cols; c++) {
-            g += v[c] > t;
-            a += v[c] >= t;
-        }
+        int64_t g, a;
+        count_row(v, cols, t_rows[r], &g, &a);
         row_g[r] += g;
         row_a[r] += a;
         const float *w = v + off;

@@ -94,24 +94,27 @@ int64_t rll_weights(int64_t k, int64_t m, const float *d2, const int64_t *y, flo
  * or lam (raw difference, CVPR era), as float64, row anchor into a_row and, where a_col is not NULL,
  * the column anchor (its own S, share) for columns k.. into a_col. The diagonal is 0. sp, sn, share
  * are indexed like the columns (global r0 ..). */
+/* One pair's coefficient for the anchor a (the row i, or the column j): ((0.5 w / S_a) * share_a) * scale. */
+static double rll_coefficient(float w, float d2, int same, int64_t a, const float *sp, const float *sn,
+                              const float *share, float lam, int unit)
+{
+    const float hw = w * 0.5f;
+    const float scale = unit ? (float)(1.0 / ((double)sqrtf(d2) + 1e-6)) * lam : lam;
+    return (double)(hw / (same ? sp[a] : -sn[a]) * share[a] * scale);
+}
+
 void rll_coefficients(int64_t k, int64_t m, const float *d2, const float *w, const int64_t *y,
                       const float *sp, const float *sn, const float *share, float lam, int unit,
                       double *a_row, double *a_col)
 {
-    for (int64_t i = 0; i < k; i++) {
-        const float *dr = d2 + i * m, *wr = w + i * m;
-        double *ar = a_row + i * m;
-        double *ac = a_col ? a_col + i * m : 0;
-        const int64_t yi = y[i];
+    for (int64_t i = 0; i < k; i++)
         for (int64_t j = 0; j < m; j++) {
-            const float hw = wr[j] * 0.5f;
-            const int same = y[j] == yi;
-            const float scale = unit ? (float)(1.0 / ((double)sqrtf(dr[j]) + 1e-6)) * lam : lam;
-            ar[j] = j == i ? 0.0 : (double)(hw / (same ? sp[i] : -sn[i]) * share[i] * scale);
-            if (ac)
-                ac[j] = j < k ? 0.0 : (double)(hw / (same ? sp[j] : -sn[j]) * share[j] * scale);
+            const int64_t e = i * m + j;
+            const int same = y[j] == y[i];
+            a_row[e] = j == i ? 0.0 : rll_coefficient(w[e], d2[e], same, i, sp, sn, share, lam, unit);
+            if (a_col)
+                a_col[e] = j < k ? 0.0 : rll_coefficient(w[e], d2[e], same, j, sp, sn, share, lam, unit);
         }
-    }
 }
 
 /* OSM+CAA (SPEC osm 2.1-2.3), pass 1: hinge = max(m - d, 0); raw = the Gaussian pdf of d for
@@ -165,26 +168,29 @@ int64_t osm_terms(int64_t k, int64_t m, const float *d2, const int64_t *y, const
 /* OSM pass 2: a_ij = float(double(raw) * double(c) / (2 S)) * coef (S = S+ for positives, S- for
  * negatives; coef = alpha for positives, (hinge * -alpha) / (d + eps_neg) for negatives), float64,
  * symmetric, diagonal 0. */
+/* One pair's (symmetric) coefficient. */
+static double osm_coefficient(float d2, float raw, int same, float si, float sj, float margin, float alpha,
+                              float eps_neg, double twice_pos, double twice_neg)
+{
+    const float d = sqrtf(d2);
+    float hinge = margin - d;
+    hinge = hinge < 0.0f ? 0.0f : hinge;
+    const float coef = same ? alpha : hinge * -alpha / (d + eps_neg);
+    const float c = minf_nan(si, sj);
+    const float w = (float)((double)raw * (double)c / (same ? twice_pos : twice_neg));
+    return (double)(w * coef);
+}
+
 void osm_coefficients(int64_t k, int64_t m, const float *d2, const float *raw, const int64_t *y,
                       const float *s, float margin, float alpha, float eps_neg, double twice_pos,
                       double twice_neg, double *a)
 {
-    for (int64_t i = 0; i < k; i++) {
-        const float *dr = d2 + i * m, *rr = raw + i * m;
-        double *ar = a + i * m;
-        const int64_t yi = y[i];
-        const float si = s[i];
+    for (int64_t i = 0; i < k; i++)
         for (int64_t j = 0; j < m; j++) {
-            const float d = sqrtf(dr[j]);
-            const int same = y[j] == yi;
-            float hinge = margin - d;
-            hinge = hinge < 0.0f ? 0.0f : hinge;
-            const float coef = same ? alpha : hinge * -alpha / (d + eps_neg);
-            const float c = minf_nan(si, s[j]);
-            const float w = (float)((double)rr[j] * (double)c / (same ? twice_pos : twice_neg));
-            ar[j] = j == i ? 0.0 : (double)(w * coef);
+            const int64_t e = i * m + j;
+            a[e] = j == i ? 0.0 : osm_coefficient(d2[e], raw[e], y[j] == y[i], s[i], s[j], margin, alpha, eps_neg,
+                                                   twice_pos, twice_neg);
         }
-    }
 }
 
 /* |f_i|^2 of float32 rows in float64 (exact products, float64 sum). */
@@ -292,20 +298,15 @@ void rll_sparse_gradient(int64_t k, int64_t m, const float *d2, const float *w, 
                          int64_t near_count, const int64_t *near, double *near_row, double *near_col)
 {
     Product p = {f, af, rowsum, near_row, near_col, near, dim, near_count, 0};
-    for (int64_t i = 0; i < k; i++) {
-        const float *dr = d2 + i * m, *wr = w + i * m;
-        const int64_t yi = y[i];
+    for (int64_t i = 0; i < k; i++)
         for (int64_t j = 0; j < m; j++) {
-            if (j == i || (wr[j] == 0.0f && !is_next_near(&p, i, j)))
+            const int64_t e = i * m + j;
+            if (j == i || (w[e] == 0.0f && !is_next_near(&p, i, j)))
                 continue;
-            const float hw = wr[j] * 0.5f;
-            const int same = y[j] == yi, column = columns && j >= k;
-            const float scale = unit ? (float)(1.0 / ((double)sqrtf(dr[j]) + 1e-6)) * lam : lam;
-            const double a_row = (double)(hw / (same ? sp[i] : -sn[i]) * share[i] * scale);
-            const double a_col = column ? (double)(hw / (same ? sp[j] : -sn[j]) * share[j] * scale) : 0.0;
-            add_pair(&p, i, j, a_row, a_col, column);
+            const int same = y[j] == y[i], column = columns && j >= k;
+            add_pair(&p, i, j, rll_coefficient(w[e], d2[e], same, i, sp, sn, share, lam, unit),
+                     column ? rll_coefficient(w[e], d2[e], same, j, sp, sn, share, lam, unit) : 0.0, column);
         }
-    }
 }
 
 /* OSM pass 2 (the coefficients of osm_coefficients) and the product, sparse; raw == 0 gives a == 0. */
@@ -317,24 +318,15 @@ void osm_sparse_gradient(int64_t k, int64_t m, const float *d2, const float *raw
                          double *near_col)
 {
     Product p = {f, af, rowsum, near_row, near_col, near, dim, near_count, 0};
-    for (int64_t i = 0; i < k; i++) {
-        const float *dr = d2 + i * m, *rr = raw + i * m;
-        const int64_t yi = y[i];
-        const float si = s[i];
+    for (int64_t i = 0; i < k; i++)
         for (int64_t j = 0; j < m; j++) {
-            if (j == i || (rr[j] == 0.0f && !is_next_near(&p, i, j)))
+            const int64_t e = i * m + j;
+            if (j == i || (raw[e] == 0.0f && !is_next_near(&p, i, j)))
                 continue;
-            const float d = sqrtf(dr[j]);
-            const int same = y[j] == yi;
-            float hinge = margin - d;
-            hinge = hinge < 0.0f ? 0.0f : hinge;
-            const float coef = same ? alpha : hinge * -alpha / (d + eps_neg);
-            const float c = minf_nan(si, s[j]);
-            const float wt = (float)((double)rr[j] * (double)c / (same ? twice_pos : twice_neg));
-            const double a = (double)(wt * coef);
+            const double a = osm_coefficient(d2[e], raw[e], y[j] == y[i], s[i], s[j], margin, alpha, eps_neg,
+                                             twice_pos, twice_neg);
             add_pair(&p, i, j, a, a, columns && j >= k);
         }
-    }
 }
 
 /* L2 Normalization (SPEC rll 2.1, osm 2.5), per sample: scale = float(pow(double(q) + eps, -0.5)),
