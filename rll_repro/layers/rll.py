@@ -32,8 +32,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from rll_repro.layers._pairwise import F64, PairBlocks
 from rll_repro.layers import _pair_native as native
+from rll_repro.layers._pairwise import F64, PairBlocks
 from rll_repro.layers._util import check_embedding_label_loss, fail, has
 from rll_repro.layers.base import Layer
 from rll_repro.layers.registry import register
@@ -106,27 +106,36 @@ def _anchor_coefficients(w, same):
     return _signed_shares(w * 0.5, same, sp, sn, share)
 
 
-def _rll_value_and_grad(emb, labels, params: RLLParams, top_diff, era: str, need_grad: bool = True):
-    """Value (unweighted squared-hinge mean over the P pairs, thresholds nt - m and nt) and Caffe's
-    gradient, pair blocks visited once (see _pairwise)."""
-    n, dt = emb.shape[0], emb.dtype
+def _boundaries(params: RLLParams, era: str) -> tuple[tuple[float, float], tuple[float, float]]:
+    """(weight boundaries, value thresholds) as Caffe's floats: V12 weighs from 1 -+ m/2, the CVPR-era
+    layer from margin - m and margin; the value's thresholds are nt - m and nt in both."""
     m = f32(params.pn_margin)
     if era == "v12":
         bounds = float(f32(1) - m / f32(2)), float(f32(1) + m / f32(2))
     else:
         margin = f32(params.negative_threshold)
         bounds = float(margin - m), float(margin)
-    value_bounds = float(f32(params.negative_threshold) - m), params.negative_threshold
+    return bounds, (float(f32(params.negative_threshold) - m), params.negative_threshold)
+
+
+def _rll_value_and_grad(emb, labels, params: RLLParams, top_diff, era: str, need_grad: bool = True):
+    """Value (unweighted squared-hinge mean over the P pairs, thresholds nt - m and nt) and Caffe's
+    gradient, pair blocks visited once (see _pairwise); float32 CPU tensors take the C passes."""
+    n, dt = emb.shape[0], emb.dtype
+    bounds, value_bounds = _boundaries(params, era)
     with torch.no_grad():
         y = labels.reshape(-1)
         ids = native.class_ids(y) if native.usable(emb) else None
         pairs = PairBlocks(emb.reshape(n, -1), native=ids is not None)
+        if ids is not None:
+            value, grad = _rll_native(pairs, ids, params, top_diff, era, need_grad)
+            return value, None if grad is None else grad.reshape(emb.shape)
         device = emb.device
         total = torch.zeros((), dtype=F64, device=device)
         all_sum = torch.zeros(n, dtype=F64, device=device)
         pos_sum = torch.zeros(n, dtype=F64, device=device)
         kept = []
-        for blk in pairs.rows if ids is None else ():
+        for blk in pairs.rows:
             r0, r1, k = blk.r0, blk.r1, blk.k
             d = torch.sqrt(blk.d2)
             same = y[r0:r1, None] == y[None, r0:]
@@ -149,31 +158,11 @@ def _rll_value_and_grad(emb, labels, params: RLLParams, top_diff, era: str, need
             sq = hinge.square_()
             blk.diag(sq).zero_()
             total += blk.pair_sum(sq)
-        if ids is not None:  # the same passes in C (pair_kernels.c): w kept, d recomputed from d2
-            differ = None if need_grad and value_bounds == bounds else value_bounds
-            scales = params.scale_p, params.scale_n, params.base_p, params.base_n
-            kept = [native.rll_weights(blk.d2, ids[blk.r0:], *bounds, *scales, differ, all_sum[blk.r0:blk.r1],
-                                       pos_sum[blk.r0:blk.r1], all_sum[blk.r0:], pos_sum[blk.r0:], total)
-                    for blk in pairs.rows]
-            sparse = pairs.sparse_pays(sum(nonzeros for _, nonzeros in kept))
-            kept = [w for w, _ in kept]
         value = (total / (n * (n - 1))).to(dt)  # both orders: 2 * sum_{i<j} / (2P)
         if not need_grad:
             return value, None
         sp, sn, share = _anchor_sums(all_sum, pos_sum, dt)
         lam = torch.as_tensor(top_diff, device=device).detach().reshape(()).to(dt)
-
-        def native_coefficients():
-            for blk, w in zip(pairs.rows, kept):
-                r0 = blk.r0
-                yield native.rll_coefficients(blk.d2, w, ids[r0:], sp[r0:], sn[r0:], share[r0:], float(lam),
-                                              era == "v12", blk.r1 < n)
-
-        def native_sparse(number, blk, f, af, rowsum):
-            r0 = blk.r0
-            return native.rll_sparse_gradient(blk.d2, kept[number], ids[r0:], sp[r0:], sn[r0:],
-                                              share[r0:], float(lam), era == "v12", blk.r1 < n, f, af, rowsum,
-                                              torch.stack((blk.near_i, blk.near_j), 1))
 
         def coefficients():
             for blk, (d, same, w) in zip(pairs.rows, kept):
@@ -187,11 +176,43 @@ def _rll_value_and_grad(emb, labels, params: RLLParams, top_diff, era: str, need
                 a_col = _signed_shares(half_w, same, sp[None, r0:], sn[None, r0:], share[None, r0:])
                 yield a_row.mul_(scale), a_col.mul_(scale)
 
-        if ids is None:
-            grad = pairs.apply(coefficients()).to(dt)
-        else:
-            grad = pairs.apply_sparse(native_sparse) if sparse else pairs.apply(native_coefficients())
+        grad = pairs.apply(coefficients()).to(dt)
     return value, grad.reshape(emb.shape)
+
+
+def _rll_native(pairs: PairBlocks, ids, params: RLLParams, top_diff, era: str, need_grad: bool):
+    """_rll_value_and_grad's passes in C (pair_kernels.c ``rll_weights``, then ``rll_coefficients`` or,
+    with few active pairs, ``rll_sparse_gradient``): the same float operations, w kept, d recomputed
+    from d2."""
+    n, dt = pairs.n, torch.float32
+    bounds, value_bounds = _boundaries(params, era)
+    total = torch.zeros((), dtype=F64)
+    all_sum, pos_sum = torch.zeros(n, dtype=F64), torch.zeros(n, dtype=F64)
+    differ = None if need_grad and value_bounds == bounds else value_bounds
+    scales = params.scale_p, params.scale_n, params.base_p, params.base_n
+    kept = [native.rll_weights(blk.d2, ids[blk.r0:], *bounds, *scales, differ, all_sum[blk.r0:blk.r1],
+                               pos_sum[blk.r0:blk.r1], all_sum[blk.r0:], pos_sum[blk.r0:], total)
+            for blk in pairs.rows]
+    value = (total / (n * (n - 1))).to(dt)
+    if not need_grad:
+        return value, None
+    sparse = pairs.sparse_pays(sum(nonzeros for _, nonzeros in kept))
+    kept = [w for w, _ in kept]
+    sp, sn, share = _anchor_sums(all_sum, pos_sum, dt)
+    lam = float(torch.as_tensor(top_diff).detach().reshape(()).to(dt))
+
+    def shares(r0):
+        return ids[r0:], sp[r0:], sn[r0:], share[r0:], lam, era == "v12"
+
+    def coefficients():
+        for blk, w in zip(pairs.rows, kept):
+            yield native.rll_coefficients(blk.d2, w, *shares(blk.r0), blk.r1 < n)
+
+    def sparse_gradient(number, blk, f, af, rowsum):
+        return native.rll_sparse_gradient(blk.d2, kept[number], *shares(blk.r0), blk.r1 < n, f, af, rowsum,
+                                          torch.stack((blk.near_i, blk.near_j), 1))
+
+    return value, pairs.apply_sparse(sparse_gradient) if sparse else pairs.apply(coefficients())
 
 
 def rll_v12_value_and_grad(emb: torch.Tensor, labels: torch.Tensor, params: RLLParams,
