@@ -237,7 +237,7 @@ def test_meta_fake_float64_and_disabled_inputs_stay_on_pytorch(monkeypatch):
 def test_build_falls_back_without_a_compiler_and_rebuilds_a_damaged_cache(tmp_path):
     """In a child (the library is loaded once per process): no compiler -> the PyTorch path with the
     reason in status(); a damaged cached library -> rebuilt in place."""
-    script = textwrap.dedent(f"""
+    script = textwrap.dedent("""
         import os, torch
         from rll_repro import native
         from rll_repro.layers import _pair_native
