@@ -4,7 +4,8 @@ The pair losses' per-pair arithmetic is one pass in C where PyTorch makes one pa
 (rll_repro/layers/pair_kernels.c); everything else stays PyTorch. A kernel source is compiled once
 per source text, compiler and flags into ``$RLL_REPRO_CACHE_DIR`` (default
 ``$XDG_CACHE_HOME/rll_repro`` or ``~/.cache/rll_repro``; the system's temporary folder if that cannot
-be written), written atomically, so concurrent processes and a kill mid-build are harmless.
+be written), written atomically, so concurrent processes and a kill mid-build are harmless. A
+folder or library that another user owns, or that others may write, is never loaded from.
 
 The flags keep IEEE semantics: no fast-math, ``-ffp-contract=off`` (no fused multiply-add, whatever
 the CPU) and the baseline instruction set of the target, so the same source gives the same float
@@ -16,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -61,16 +63,32 @@ def _version(cc: str) -> str:
         return ""
 
 
+def _private(path: Path, folder: bool) -> None:
+    """Raises OSError unless ``path`` is ours (and, a folder, writable by us alone): a shared
+    temporary folder could otherwise hand us another user's library."""
+    if folder:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = path.stat()
+    if hasattr(os, "getuid") and (info.st_uid != os.getuid() or (folder and info.st_mode & 0o022)):
+        raise OSError(f"{path} is not private to this user (owner {info.st_uid}, mode {oct(info.st_mode & 0o777)})")
+
+
 def _build(source: Path, cc: str) -> ctypes.CDLL:
     text = source.read_bytes()
     key = hashlib.sha256(b"\0".join([text, " ".join(FLAGS).encode(), cc.encode(), _version(cc).encode(),
-                                     sys.platform.encode(), os.uname().machine.encode()])).hexdigest()[:16]
+                                     sys.platform.encode(), platform.machine().encode()])).hexdigest()[:16]
     name = f"{source.stem}-{key}.so"
     errors = []
     for folder in _cache_dirs():
         target = folder / name
+        try:
+            _private(folder, folder=True)
+        except OSError as exc:
+            errors.append(str(exc))
+            continue
         if target.is_file():
             try:
+                _private(target, folder=False)
                 return ctypes.CDLL(str(target))
             except OSError as exc:  # damaged or foreign: rebuild it
                 errors.append(f"{target}: {exc}")

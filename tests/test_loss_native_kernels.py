@@ -265,3 +265,14 @@ def test_build_falls_back_without_a_compiler_and_rebuilds_a_damaged_cache(tmp_pa
     assert libraries[0].read_bytes()[:4] == b"\x7fELF"
     values = [float(line.split()[-1]) for line in (nothing.stdout, built.stdout, again.stdout)]
     assert abs(values[1] - values[0]) <= TOL * abs(values[0]) and values[2] == values[1]
+
+
+def test_a_cache_folder_others_may_write_is_not_used(tmp_path, monkeypatch):
+    """A library is never loaded from (or built into) a folder that other users may write."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(OSError, match="not private"):
+        native._private(shared, folder=True)
+    native._private(tmp_path / "mine", folder=True)
+    assert (tmp_path / "mine").stat().st_mode & 0o077 == 0
