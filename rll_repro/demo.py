@@ -22,8 +22,12 @@ import numpy as np
 
 METRICS = ("R@1", "R@2", "R@4", "R@8", "NMI")
 TOLERANCE = 5.0
-"""Points allowed between a run and the recorded numbers: training is chaotic, and float32
+"""Points allowed between a run's Recall@K and the recorded numbers: training is chaotic, and float32
 summation order (BLAS, vector width, thread count) differs between machines."""
+NMI_TOLERANCE = 15.0
+"""Points allowed for NMI, the least stable figure: four runs of the same demo differing only in
+float32 summation order (the fused BatchNorm+Scale backward, the C pair passes of the losses) gave
+OSM+CAA NMI 32.1, 38.3, 39.3 and 43.9 while its R@1 stayed within 2.4 points."""
 
 
 def method_folder(method: str) -> str:
@@ -111,7 +115,7 @@ def run(out, *, methods=None, max_iter: int | None = None, seed: int | None = No
                   "train_classes": list(demo.TRAIN_CLASSES), "test_classes": list(demo.TEST_CLASSES),
                   "iterations": iterations, "seconds": seconds,
                   "total_seconds": round(time.monotonic() - started, 1),
-                  "expected": demo.PUBLISHED, "tolerance": TOLERANCE},
+                  "expected": demo.PUBLISHED, "tolerance": TOLERANCE, "nmi_tolerance": NMI_TOLERANCE},
     }
     atomic_write_text(out / "results.json", json.dumps(results, indent=1) + "\n")
     plot_table(table, out / "table.png")
@@ -153,12 +157,16 @@ def format_table(table: dict) -> str:
     return "\n".join(lines)
 
 
-def diff_expected(results_path, tolerance: float = TOLERANCE):
-    """(rows over tolerance, rows compared) of results.json against the recorded numbers."""
+def diff_expected(results_path, tolerance: float = TOLERANCE, nmi_tolerance: float = NMI_TOLERANCE):
+    """(rows over tolerance, rows compared) of results.json against the recorded numbers: Recall@K
+    within ``tolerance`` points, NMI within ``nmi_tolerance``."""
     from rll_repro.eval import diff
     from rll_repro.recipes import demo
 
     ours = diff.load_results(results_path)
     reference, source = diff.resolve_reference(demo.PUBLISHED)
     rows = diff.compare(ours, reference, source, [k for k in ours if k in reference])
-    return diff.exceeded(rows, tolerance), rows
+    nmi = [r for r in rows if r.metric.endswith("/NMI")]
+    others = [r for r in rows if not r.metric.endswith("/NMI")]
+    over = {id(r) for r in diff.exceeded(others, tolerance) + diff.exceeded(nmi, max(tolerance, nmi_tolerance))}
+    return [r for r in rows if id(r) in over], rows
