@@ -1,16 +1,18 @@
 """Small C kernels, built with the machine's C compiler on first use and loaded with ctypes.
 
-The pair losses' per-pair arithmetic is one pass in C where PyTorch makes one pass per operation
-(rll_repro/layers/pair_kernels.c); everything else stays PyTorch. A kernel source is compiled once
+The pair losses' per-pair arithmetic (rll_repro/layers/pair_kernels.c) and the Recall@K counts
+(rll_repro/eval/count_kernels.c) are one pass in C where PyTorch or numpy make one pass per
+operation; everything else stays PyTorch. A kernel source is compiled once
 per source text, compiler and flags into ``$RLL_REPRO_CACHE_DIR`` (default
 ``$XDG_CACHE_HOME/rll_repro`` or ``~/.cache/rll_repro``; the system's temporary folder if that cannot
 be written), written atomically, so concurrent processes and a kill mid-build are harmless. A
 folder or library that another user owns, or that others may write, is never loaded from.
 
 The flags keep IEEE semantics: no fast-math, ``-ffp-contract=off`` (no fused multiply-add, whatever
-the CPU) and the baseline instruction set of the target, so the same source gives the same float
-results on every machine of an architecture. Where no compiler works (or ``RLL_REPRO_NATIVE=0``),
-:func:`load` returns None and callers keep their PyTorch path; :func:`status` says why.
+the CPU) and the baseline instruction set of the target, so every machine performs the same float
+operations (libm's powf/exp are the C library's own). Where no compiler works (or
+``RLL_REPRO_NATIVE=0``), :func:`load` returns None and callers keep their PyTorch path;
+:func:`status` says why.
 """
 from __future__ import annotations
 
@@ -120,8 +122,8 @@ def load(source: str | os.PathLike) -> ctypes.CDLL | None:
                 if cc is None:
                     raise RuntimeError("no C compiler found (cc, gcc, clang or $CC)")
                 _loaded[source] = _build(source, cc)
-            except RuntimeError as exc:
-                _loaded[source], _why[source] = None, str(exc)
+            except Exception as exc:  # noqa: BLE001 - any failure to build leaves the PyTorch path
+                _loaded[source], _why[source] = None, str(exc) or type(exc).__name__
         return _loaded[source]
 
 
