@@ -83,7 +83,7 @@ def table(sizes, threads, repeats):
 
     print(f"torch {torch.__version__}, D = {DIM}, median of {repeats} interleaved rounds, "
           f"pml {'available' if pml_rll is not None else 'not importable (columns skipped)'}")
-    print(f"ours: C pair passes {native.status(_pair_native.SOURCE)}")
+    print(f"ours: C pair passes {_pair_native.status()}")
     header = (f"{'thr':>3} {'N':>5} | {'RLL ms':>8} {'pml RLL':>8} {'ratio':>6} {'cpu ratio':>9} | "
               f"{'OSM ms':>8} {'pml Con':>8} {'ratio':>6} {'cpu ratio':>9}")
     print(header)

@@ -32,8 +32,8 @@ from rll_repro.fileio import atomic_write_bytes
 FLAGS = ("-O3", "-std=c99", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math", "-fno-math-errno")
 BUILD_TIMEOUT_S = 120
 _lock = threading.Lock()
-_loaded: dict[Path, ctypes.CDLL | None] = {}
-_why: dict[Path, str] = {}
+_loaded: dict[tuple[Path, bool], ctypes.CDLL | None] = {}  # by (source, openmp)
+_why: dict[tuple[Path, bool], str] = {}
 
 
 def enabled() -> bool:
@@ -75,9 +75,9 @@ def _private(path: Path, folder: bool) -> None:
         raise OSError(f"{path} is not private to this user (owner {info.st_uid}, mode {oct(info.st_mode & 0o777)})")
 
 
-def _build(source: Path, cc: str) -> ctypes.CDLL:
+def _build(source: Path, cc: str, flags: tuple[str, ...]) -> ctypes.CDLL:
     text = source.read_bytes()
-    key = hashlib.sha256(b"\0".join([text, " ".join(FLAGS).encode(), cc.encode(), _version(cc).encode(),
+    key = hashlib.sha256(b"\0".join([text, " ".join(flags).encode(), cc.encode(), _version(cc).encode(),
                                      sys.platform.encode(), platform.machine().encode()])).hexdigest()[:16]
     name = f"{source.stem}-{key}.so"
     errors = []
@@ -97,7 +97,7 @@ def _build(source: Path, cc: str) -> ctypes.CDLL:
         try:
             with tempfile.TemporaryDirectory(prefix="rll_repro-build-") as tmp:
                 out = Path(tmp) / name
-                proc = subprocess.run(cc.split() + list(FLAGS) + [str(source), "-o", str(out), "-lm"],
+                proc = subprocess.run(cc.split() + list(flags) + [str(source), "-o", str(out), "-lm"],
                                       capture_output=True, timeout=BUILD_TIMEOUT_S, check=False)
                 if proc.returncode != 0:
                     message = proc.stderr.decode(errors="replace").strip().splitlines()
@@ -109,28 +109,36 @@ def _build(source: Path, cc: str) -> ctypes.CDLL:
     raise RuntimeError("; ".join(errors))
 
 
-def load(source: str | os.PathLike) -> ctypes.CDLL | None:
+def load(source: str | os.PathLike, openmp: bool = False) -> ctypes.CDLL | None:
     """The shared library built from the C file ``source`` (cached), or None where it cannot be built
-    or native kernels are turned off."""
-    source = Path(source)
+    or native kernels are turned off. ``openmp``: built with -fopenmp where the compiler has it (the
+    library then uses the process's OpenMP runtime: PyTorch's, which is loaded first and has the same
+    soname), else without (its pragmas ignored: one thread)."""
+    key = (Path(source), bool(openmp))
     if not enabled():
         return None
     with _lock:
-        if source not in _loaded:
+        if key not in _loaded:
             cc = _compiler()
             try:
                 if cc is None:
                     raise RuntimeError("no C compiler found (cc, gcc, clang or $CC)")
-                _loaded[source] = _build(source, cc)
+                try:
+                    _loaded[key] = _build(key[0], cc, FLAGS + (("-fopenmp",) if openmp else ()))
+                except RuntimeError:
+                    if not openmp:
+                        raise
+                    _loaded[key] = _build(key[0], cc, FLAGS)  # no OpenMP in this toolchain
             except Exception as exc:  # noqa: BLE001 - any failure to build leaves the PyTorch path
-                _loaded[source], _why[source] = None, str(exc) or type(exc).__name__
-        return _loaded[source]
+                _loaded[key], _why[key] = None, str(exc) or type(exc).__name__
+        return _loaded[key]
 
 
-def status(source: str | os.PathLike) -> str:
-    """One line: whether the kernels of ``source`` are in use, and why not."""
-    source = Path(source)
+def status(source: str | os.PathLike, openmp: bool = False) -> str:
+    """One line: whether the kernels of ``source`` (built as :func:`load` builds them) are in use, and
+    why not."""
     if not enabled():
         return "off (RLL_REPRO_NATIVE=0)"
-    lib = load(source)
-    return f"built ({lib._name})" if lib is not None else f"not available: {_why.get(source, 'unknown')}"
+    lib = load(source, openmp)
+    why = _why.get((Path(source), bool(openmp)), "unknown")
+    return f"built ({lib._name})" if lib is not None else f"not available: {why}"

@@ -36,8 +36,8 @@ def pair_kernels(request, monkeypatch):
         from rll_repro.layers import _pair_native
 
         monkeypatch.setenv("RLL_REPRO_NATIVE", "1")
-        if native.load(_pair_native.SOURCE) is None:
-            pytest.skip(f"pair kernels not built here: {native.status(_pair_native.SOURCE)}")
+        if _pair_native._kernels() is None:
+            pytest.skip(f"pair kernels not built here: {_pair_native.status()}")
     return request.param
 
 

@@ -38,8 +38,8 @@ F64 = torch.float64
 @pytest.fixture(autouse=True)
 def kernels_built(monkeypatch):
     monkeypatch.setenv("RLL_REPRO_NATIVE", "1")
-    if native.load(_pair_native.SOURCE) is None:
-        pytest.skip(f"pair kernels not built here: {native.status(_pair_native.SOURCE)}")
+    if _pair_native._kernels() is None:
+        pytest.skip(f"pair kernels not built here: {_pair_native.status()}")
 
 
 def batch(n=600, dim=64, seed=0, classes=3):
@@ -231,7 +231,7 @@ def test_meta_fake_float64_and_disabled_inputs_stay_on_pytorch(monkeypatch):
     assert not _pair_native.usable(torch.zeros(3, 2, device="meta"))
     monkeypatch.setenv("RLL_REPRO_NATIVE", "0")
     assert not _pair_native.usable(torch.zeros(3, 2))
-    assert native.status(_pair_native.SOURCE).startswith("off")
+    assert _pair_native.status().startswith("off")
 
 
 def test_build_falls_back_without_a_compiler_and_rebuilds_a_damaged_cache(tmp_path):
@@ -246,7 +246,7 @@ def test_build_falls_back_without_a_compiler_and_rebuilds_a_damaged_cache(tmp_pa
         torch.manual_seed(0)
         x, y = torch.randn(30, 8), torch.arange(30) // 3
         value = float(RankedListLoss()(x, y))
-        print(mode, native.status(_pair_native.SOURCE), value)
+        print(mode, _pair_native.status(), value)
     """)
     env = dict(os.environ, RLL_REPRO_CACHE_DIR=str(tmp_path / "cache"), TMPDIR=str(tmp_path))
     nothing = subprocess.run([sys.executable, "-c", script], env=dict(env, MODE="none", CC="/nonexistent/cc",
@@ -276,3 +276,37 @@ def test_a_cache_folder_others_may_write_is_not_used(tmp_path, monkeypatch):
         native._private(shared, folder=True)
     native._private(tmp_path / "mine", folder=True)
     assert (tmp_path / "mine").stat().st_mode & 0o077 == 0
+
+
+def test_the_c_passes_give_the_same_bits_on_any_number_of_threads():
+    """Each pass splits its rows into chunks fixed by the block's size and adds the chunks'
+    accumulators in chunk order: 1, 2 and 3 OpenMP threads give the same bits (the C passes alone:
+    the float64 GEMMs around them are the BLAS's)."""
+    x, y, s = batch(600)
+    f = x.double()
+    sq = (f * f).sum(1)
+    g = torch.addmm(sq[:256, None], f[:256], f.T, alpha=-2.0)
+    ns = (sq * _pairwise.NEAR).float()
+    ids = y.to(torch.int64)
+    threads = torch.get_num_threads()
+    outputs = []
+    try:
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            d2, near = _pair_native.gram_distances(g.clone(), sq, ns, 64)
+            sums = [torch.zeros(600, dtype=F64) for _ in range(4)] + [torch.zeros((), dtype=F64)]
+            w, nonzeros = _pair_native.rll_weights(d2, ids, 0.8, 1.2, 0.0, 10.0, 2.71828, 2.71828, None, *sums)
+            sp = (sums[1] + 1e-8).float()
+            sn = (sums[0] - sums[1] + 1e-8).float()
+            share = (sp + sn) / (sp.sum() + sn.sum())
+            af, rowsum = torch.zeros(600, f.shape[1], dtype=F64), torch.zeros(600, dtype=F64)
+            near_terms = _pair_native.rll_sparse_gradient(d2, w, ids, sp, sn, share, 1.0, True, True, f, af, rowsum,
+                                                          near)
+            raw_sums = torch.zeros(3, dtype=F64)
+            raw, _ = _pair_native.osm_terms(d2, ids, s, 1.2, 0.0, 0.8, 0.5, raw_sums)
+            outputs.append([d2, near, w, torch.tensor(nonzeros), *sums, af, rowsum, *near_terms, raw, raw_sums,
+                            _pair_native.combine_gradient(f, rowsum, af)])
+    finally:
+        torch.set_num_threads(threads)
+    for other in outputs[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(outputs[0], other))

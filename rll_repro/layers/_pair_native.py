@@ -1,7 +1,9 @@
 """The pair losses' per-pair passes in C (pair_kernels.c, built by :mod:`rll_repro.native`) for float32
 CPU tensors; the layers fall back to their PyTorch passes elsewhere (GPU, meta and fake tensors,
 float64, no compiler, ``RLL_REPRO_NATIVE=0``). Both compute the same float32 operations in the same
-order (see pair_kernels.c); this module only checks layouts and passes pointers."""
+order (see pair_kernels.c); this module only checks layouts and passes pointers, and the thread
+count (each pass splits its rows into chunks fixed by the block's size and runs them on torch's
+OpenMP threads: the same results for every thread count)."""
 from __future__ import annotations
 
 import ctypes
@@ -15,34 +17,42 @@ SOURCE = Path(__file__).with_name("pair_kernels.c")
 _i64, _f32, _f64, _int, _ptr = ctypes.c_int64, ctypes.c_float, ctypes.c_double, ctypes.c_int, ctypes.c_void_p
 _SIGNATURES = {
     "rll_weights": [_i64, _i64, _ptr, _ptr, _f32, _f32, _f32, _f32, _f32, _f32, _int, _f32, _f32,
-                    _ptr, _ptr, _ptr, _ptr, _ptr, _ptr],
-    "rll_coefficients": [_i64, _i64, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _f32, _int, _ptr, _ptr],
-    "osm_terms": [_i64, _i64, _ptr, _ptr, _ptr, _f32, _f32, _f32, _f64, _ptr, _ptr],
-    "osm_coefficients": [_i64, _i64, _ptr, _ptr, _ptr, _ptr, _f32, _f32, _f32, _f64, _f64, _ptr],
-    "squared_norms": [_i64, _i64, _ptr, _ptr],
-    "gram_distances": [_i64, _i64, _ptr, _ptr, _ptr, _ptr, _i64, _ptr],
-    "combine_gradient": [_i64, _i64, _ptr, _ptr, _ptr, _ptr],
-    "l2_normalize_forward": [_i64, _i64, _ptr, _f64, _ptr, _ptr],
-    "l2_normalize_backward": [_i64, _i64, _ptr, _ptr, _ptr, _ptr],
+                    _ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _int],
+    "rll_coefficients": [_i64, _i64, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _f32, _int, _ptr, _ptr, _int],
+    "osm_terms": [_i64, _i64, _ptr, _ptr, _ptr, _f32, _f32, _f32, _f64, _ptr, _ptr, _int],
+    "osm_coefficients": [_i64, _i64, _ptr, _ptr, _ptr, _ptr, _f32, _f32, _f32, _f64, _f64, _ptr, _int],
+    "squared_norms": [_i64, _i64, _ptr, _ptr, _int],
+    "gram_distances": [_i64, _i64, _ptr, _ptr, _ptr, _ptr, _i64, _ptr, _int],
+    "combine_gradient": [_i64, _i64, _ptr, _ptr, _ptr, _ptr, _int],
+    "l2_normalize_forward": [_i64, _i64, _ptr, _f64, _ptr, _ptr, _int],
+    "l2_normalize_backward": [_i64, _i64, _ptr, _ptr, _ptr, _ptr, _int],
     "rll_sparse_gradient": [_i64, _i64, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _f32, _int, _int, _i64, _ptr, _ptr,
-                            _ptr, _i64, _ptr, _ptr, _ptr],
+                            _ptr, _i64, _ptr, _ptr, _ptr, _int],
     "osm_sparse_gradient": [_i64, _i64, _ptr, _ptr, _ptr, _ptr, _f32, _f32, _f32, _f64, _f64, _int, _i64, _ptr,
-                            _ptr, _ptr, _i64, _ptr, _ptr, _ptr],
+                            _ptr, _ptr, _i64, _ptr, _ptr, _ptr, _int],
 }
 _RESTYPES = {"gram_distances": _i64, "rll_weights": _i64, "osm_terms": _i64}
 _lib = None
 
 
 def _kernels():
+    """The loaded kernels, or None (not built here, or RLL_REPRO_NATIVE=0)."""
     global _lib
+    if not native.enabled():
+        return None
     if _lib is None:
-        lib = native.load(SOURCE)
+        lib = native.load(SOURCE, openmp=True)
         if lib is not None:
             for name, argtypes in _SIGNATURES.items():
                 fn = getattr(lib, name)
                 fn.argtypes, fn.restype = argtypes, _RESTYPES.get(name)
         _lib = lib if lib is not None else False
     return _lib or None
+
+
+def status() -> str:
+    """Whether the pair kernels are in use here (one line, with the reason when not)."""
+    return native.status(SOURCE, openmp=True)
 
 
 def usable(emb: torch.Tensor) -> bool:
@@ -65,6 +75,18 @@ def class_ids(labels: torch.Tensor) -> torch.Tensor | None:
     return torch.unique(y, return_inverse=True)[1].to(torch.int64).contiguous()
 
 
+def _threads() -> int:
+    """The OpenMP threads a pass may use: torch's intra-op count (the kernels share its runtime)."""
+    return torch.get_num_threads()
+
+
+def _allocated(result: int) -> int:
+    """A pass's count, or MemoryError where its chunk buffers could not be allocated (-1)."""
+    if result < 0:
+        raise MemoryError("pair kernels: no memory for the per-chunk accumulators")
+    return result
+
+
 def _p(t: torch.Tensor | None):
     if t is None:
         return None
@@ -80,8 +102,8 @@ def rll_weights(d2, y, pb, nb, tp, tn, bp, bn, value_bounds, row_all, row_pos, c
     same_bounds = value_bounds is None
     vlo, vhi = (0.0, 0.0) if same_bounds else value_bounds
     nonzeros = _kernels().rll_weights(k, m, _p(d2), _p(y), pb, nb, tp, tn, bp, bn, int(same_bounds), vlo, vhi,
-                                      _p(w), _p(row_all), _p(row_pos), _p(col_all), _p(col_pos), _p(total))
-    return w, nonzeros
+                                      _p(w), _p(row_all), _p(row_pos), _p(col_all), _p(col_pos), _p(total), _threads())
+    return w, _allocated(nonzeros)
 
 
 def rll_coefficients(d2, w, y, sp, sn, share, lam: float, unit: bool, with_columns: bool):
@@ -90,13 +112,13 @@ def rll_coefficients(d2, w, y, sp, sn, share, lam: float, unit: bool, with_colum
     a_row = torch.empty(k, m, dtype=torch.float64)
     a_col = torch.empty(k, m, dtype=torch.float64) if with_columns else None
     _kernels().rll_coefficients(k, m, _p(d2), _p(w), _p(y), _p(sp), _p(sn), _p(share), lam, int(unit),
-                                _p(a_row), _p(a_col))
+                                _p(a_row), _p(a_col), _threads())
     return a_row, a_col
 
 
 def _near_outputs(near):
-    count = near.shape[0]
-    return count, torch.empty(count, dtype=torch.float64), torch.empty(count, dtype=torch.float64)
+    count = near.shape[0]  # zeroed: each side writes only its own pairs' entries
+    return count, torch.zeros(count, dtype=torch.float64), torch.zeros(count, dtype=torch.float64)
 
 
 def rll_sparse_gradient(d2, w, y, sp, sn, share, lam: float, unit: bool, columns: bool, f, af, rowsum, near):
@@ -106,7 +128,7 @@ def rll_sparse_gradient(d2, w, y, sp, sn, share, lam: float, unit: bool, columns
     count, near_row, near_col = _near_outputs(near)
     _kernels().rll_sparse_gradient(k, m, _p(d2), _p(w), _p(y), _p(sp), _p(sn), _p(share), lam, int(unit),
                                    int(columns), f.shape[1], _p(f), _p(af), _p(rowsum), count, _p(near),
-                                   _p(near_row), _p(near_col))
+                                   _p(near_row), _p(near_col), _threads())
     return near_row, near_col
 
 
@@ -114,8 +136,9 @@ def osm_terms(d2, y, s, margin, mean, sigma, inv_divider, sums):
     """Pass 1 of OSM+CAA (``osm_terms``): (raw float32, its nonzero count); adds to ``sums`` (3 float64)."""
     k, m = d2.shape
     raw = torch.empty_like(d2)
-    nonzeros = _kernels().osm_terms(k, m, _p(d2), _p(y), _p(s), margin, mean, sigma, inv_divider, _p(raw), _p(sums))
-    return raw, nonzeros
+    nonzeros = _kernels().osm_terms(k, m, _p(d2), _p(y), _p(s), margin, mean, sigma, inv_divider, _p(raw), _p(sums),
+                                    _threads())
+    return raw, _allocated(nonzeros)
 
 
 def osm_coefficients(d2, raw, y, s, margin, alpha, eps_neg, twice_pos, twice_neg):
@@ -123,7 +146,7 @@ def osm_coefficients(d2, raw, y, s, margin, alpha, eps_neg, twice_pos, twice_neg
     k, m = d2.shape
     a = torch.empty(k, m, dtype=torch.float64)
     _kernels().osm_coefficients(k, m, _p(d2), _p(raw), _p(y), _p(s), margin, alpha, eps_neg, twice_pos,
-                                twice_neg, _p(a))
+                                twice_neg, _p(a), _threads())
     return a
 
 
@@ -134,7 +157,7 @@ def osm_sparse_gradient(d2, raw, y, s, margin, alpha, eps_neg, twice_pos, twice_
     count, near_row, near_col = _near_outputs(near)
     _kernels().osm_sparse_gradient(k, m, _p(d2), _p(raw), _p(y), _p(s), margin, alpha, eps_neg, twice_pos,
                                    twice_neg, int(columns), f.shape[1], _p(f), _p(af), _p(rowsum), count,
-                                   _p(near), _p(near_row), _p(near_col))
+                                   _p(near), _p(near_row), _p(near_col), _threads())
     return near_row, near_col
 
 
@@ -142,7 +165,7 @@ def squared_norms(f):
     """|f_i|^2 (float64) of float32 rows (``squared_norms``)."""
     f = f.contiguous()
     out = torch.empty(f.shape[0], dtype=torch.float64)
-    _kernels().squared_norms(f.shape[0], f.shape[1], _p(f), _p(out))
+    _kernels().squared_norms(f.shape[0], f.shape[1], _p(f), _p(out), _threads())
     return out
 
 
@@ -151,15 +174,15 @@ def gram_distances(g, sq, near_scale, cap: int):
     k, m = g.shape
     d2 = torch.empty(k, m, dtype=torch.float32)
     near = torch.empty(cap, 2, dtype=torch.int64)
-    found = _kernels().gram_distances(k, m, _p(g), _p(sq), _p(near_scale), _p(d2), cap, _p(near))
-    return d2, near[:found]
+    found = _kernels().gram_distances(k, m, _p(g), _p(sq), _p(near_scale), _p(d2), cap, _p(near), _threads())
+    return d2, near[:_allocated(found)]
 
 
 def combine_gradient(f64, rowsum, af):
     """float32 f * rowsum - af (``combine_gradient``)."""
     n, dim = f64.shape
     out = torch.empty(n, dim, dtype=torch.float32)
-    _kernels().combine_gradient(n, dim, _p(f64), _p(rowsum), _p(af), _p(out))
+    _kernels().combine_gradient(n, dim, _p(f64), _p(rowsum), _p(af), _p(out), _threads())
     return out
 
 
@@ -169,7 +192,7 @@ def l2_normalize_forward(x2, eps: float):
     x2 = x2.contiguous()
     y = torch.empty_like(x2)
     scale = torch.empty(n, 1, dtype=torch.float32)
-    _kernels().l2_normalize_forward(n, dim, _p(x2), eps, _p(y), _p(scale))
+    _kernels().l2_normalize_forward(n, dim, _p(x2), eps, _p(y), _p(scale), _threads())
     return y, scale
 
 
@@ -178,5 +201,5 @@ def l2_normalize_backward(y2, g2, scale):
     n, dim = y2.shape
     g2 = g2.contiguous()
     out = torch.empty_like(g2)
-    _kernels().l2_normalize_backward(n, dim, _p(y2.contiguous()), _p(g2), _p(scale), _p(out))
+    _kernels().l2_normalize_backward(n, dim, _p(y2.contiguous()), _p(g2), _p(scale), _p(out), _threads())
     return out

@@ -11,6 +11,16 @@
  */
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
+
+/* Row chunks: each pass splits its k rows into chunks fixed by k alone (at least 32 rows, at most 8
+ * chunks), runs them on `threads` OpenMP threads (built with -fopenmp, the process's OpenMP runtime:
+ * PyTorch's own, whose threads are already spinning after its last GEMM) and adds each chunk's
+ * accumulators in chunk order, so the results are the same for every thread count (and without
+ * OpenMP, where the pragmas are ignored). */
+static int64_t chunk_rows(int64_t k) { int64_t s = (k + 7) / 8; return s < 32 ? 32 : s; }
+static int64_t chunk_count(int64_t k) { return (k + chunk_rows(k) - 1) / chunk_rows(k); }
+static int64_t chunk_end(int64_t k, int64_t c) { int64_t e = (c + 1) * chunk_rows(k); return e < k ? e : k; }
 
 /* Wider-vector clones of the product loops where the toolchain supports them (GCC on x86-64 Linux);
  * products and sums stay separate, so every clone gives the same bits. */
@@ -45,13 +55,14 @@ static double dot64(int64_t dim, const float *a, const float *b, int exact)
  * for the rows (row_all, row_pos) and, for columns k.., the columns (col_all, col_pos, indexed by
  * column); *total += sum over both orders of the squared value hinge (thresholds vlo / vhi, or t
  * itself where same_bounds). Returns the number of nonzero w. */
-int64_t rll_weights(int64_t k, int64_t m, const float *d2, const int64_t *y, float pb, float nb, float tp,
-                    float tn, float bp, float bn, int same_bounds, float vlo, float vhi, float *w_out,
-                    double *row_all, double *row_pos, double *col_all, double *col_pos, double *total)
+static int64_t rll_weights_rows(int64_t k, int64_t m, int64_t i0, int64_t i1, const float *d2, const int64_t *y,
+                                float pb, float nb, float tp, float tn, float bp, float bn, int same_bounds,
+                                float vlo, float vhi, float *w_out, double *row_all, double *row_pos,
+                                double *col_all, double *col_pos, double *total)
 {
     double diag_sum = 0.0, right_sum = 0.0;
     int64_t nonzeros = 0;
-    for (int64_t i = 0; i < k; i++) {
+    for (int64_t i = i0; i < i1; i++) {
         const float *dr = d2 + i * m;
         float *wr = w_out + i * m;
         const int64_t yi = y[i];
@@ -89,6 +100,35 @@ int64_t rll_weights(int64_t k, int64_t m, const float *d2, const int64_t *y, flo
     return nonzeros;
 }
 
+int64_t rll_weights(int64_t k, int64_t m, const float *d2, const int64_t *y, float pb, float nb, float tp,
+                    float tn, float bp, float bn, int same_bounds, float vlo, float vhi, float *w_out,
+                    double *row_all, double *row_pos, double *col_all, double *col_pos, double *total, int threads)
+{
+    const int64_t chunks = chunk_count(k), width = 2 * m + 2;
+    double *part = calloc((size_t)(chunks * width), sizeof(double)); /* per chunk: columns all, pos; total; count */
+    if (!part)
+        return -1;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t c = 0; c < chunks; c++) {
+        double *pc = part + c * width;
+        pc[2 * m + 1] = (double)rll_weights_rows(k, m, c * chunk_rows(k), chunk_end(k, c), d2, y, pb, nb, tp, tn, bp,
+                                                 bn, same_bounds, vlo, vhi, w_out, row_all, row_pos, pc, pc + m,
+                                                 pc + 2 * m);
+    }
+    int64_t nonzeros = 0;
+    for (int64_t c = 0; c < chunks; c++) {
+        const double *pc = part + c * width;
+        for (int64_t j = k; j < m; j++) {
+            col_all[j] += pc[j];
+            col_pos[j] += pc[m + j];
+        }
+        *total += pc[2 * m];
+        nonzeros += (int64_t)pc[2 * m + 1];
+    }
+    free(part);
+    return nonzeros;
+}
+
 /* RLL pass 2: the signed coefficients K_ij = ((0.5 w / S_i) * share_i) * scale (S_i = S+_i for
  * positives, -S-_i for negatives), scale = float(1 / (double(d) + 1e-6)) * lam (unit direction, V12)
  * or lam (raw difference, CVPR era), as float64, row anchor into a_row and, where a_col is not NULL,
@@ -105,8 +145,9 @@ static double rll_coefficient(float w, float d2, int same, int64_t a, const floa
 
 void rll_coefficients(int64_t k, int64_t m, const float *d2, const float *w, const int64_t *y,
                       const float *sp, const float *sn, const float *share, float lam, int unit,
-                      double *a_row, double *a_col)
+                      double *a_row, double *a_col, int threads)
 {
+#pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t i = 0; i < k; i++)
         for (int64_t j = 0; j < m; j++) {
             const int64_t e = i * m + j;
@@ -123,12 +164,13 @@ void rll_coefficients(int64_t k, int64_t m, const float *d2, const float *w, con
  * terms (d^2 for positives, hinge^2 for negatives), sums[1] / sums[2] += both orders of raw * c over
  * all / positive pairs, c = min(s_i, s_j). The diagonal is 0. Returns the number of nonzero raw
  * off the diagonal. */
-int64_t osm_terms(int64_t k, int64_t m, const float *d2, const int64_t *y, const float *s, float margin,
-                  float mean, float sigma, double inv_divider, float *raw_out, double *sums)
+static int64_t osm_terms_rows(int64_t k, int64_t m, int64_t i0, int64_t i1, const float *d2, const int64_t *y,
+                              const float *s, float margin, float mean, float sigma, double inv_divider,
+                              float *raw_out, double *sums)
 {
     double value[2] = {0.0, 0.0}, set[2] = {0.0, 0.0}, pos[2] = {0.0, 0.0};
     int64_t nonzeros = 0;
-    for (int64_t i = 0; i < k; i++) {
+    for (int64_t i = i0; i < i1; i++) {
         const float *dr = d2 + i * m;
         float *rr = raw_out + i * m;
         const int64_t yi = y[i];
@@ -165,6 +207,24 @@ int64_t osm_terms(int64_t k, int64_t m, const float *d2, const int64_t *y, const
     return nonzeros;
 }
 
+int64_t osm_terms(int64_t k, int64_t m, const float *d2, const int64_t *y, const float *s, float margin,
+                  float mean, float sigma, double inv_divider, float *raw_out, double *sums, int threads)
+{
+    const int64_t chunks = chunk_count(k);
+    double part[8][4] = {{0.0}}; /* per chunk: the three sums and the count (chunk_count <= 8) */
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t c = 0; c < chunks; c++)
+        part[c][3] = (double)osm_terms_rows(k, m, c * chunk_rows(k), chunk_end(k, c), d2, y, s, margin, mean, sigma,
+                                            inv_divider, raw_out, part[c]);
+    int64_t nonzeros = 0;
+    for (int64_t c = 0; c < chunks; c++) {
+        for (int l = 0; l < 3; l++)
+            sums[l] += part[c][l];
+        nonzeros += (int64_t)part[c][3];
+    }
+    return nonzeros;
+}
+
 /* OSM pass 2: a_ij = float(double(raw) * double(c) / (2 S)) * coef (S = S+ for positives, S- for
  * negatives; coef = alpha for positives, (hinge * -alpha) / (d + eps_neg) for negatives), float64,
  * symmetric, diagonal 0. */
@@ -183,8 +243,9 @@ static double osm_coefficient(float d2, float raw, int same, float si, float sj,
 
 void osm_coefficients(int64_t k, int64_t m, const float *d2, const float *raw, const int64_t *y,
                       const float *s, float margin, float alpha, float eps_neg, double twice_pos,
-                      double twice_neg, double *a)
+                      double twice_neg, double *a, int threads)
 {
+#pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t i = 0; i < k; i++)
         for (int64_t j = 0; j < m; j++) {
             const int64_t e = i * m + j;
@@ -194,8 +255,9 @@ void osm_coefficients(int64_t k, int64_t m, const float *d2, const float *raw, c
 }
 
 /* |f_i|^2 of float32 rows in float64 (exact products, float64 sum). */
-void squared_norms(int64_t n, int64_t dim, const float *f, double *out)
+void squared_norms(int64_t n, int64_t dim, const float *f, double *out, int threads)
 {
+#pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t i = 0; i < n; i++)
         out[i] = dot64(dim, f + i * dim, f + i * dim, 1);
 }
@@ -205,16 +267,11 @@ void squared_norms(int64_t n, int64_t dim, const float *f, double *out)
  * diagonal block) with its diagonal 0. Near pairs, d2 < ns_i + ns_j (float sum; the diagonal
  * excluded), are listed in row-major order as local (i, j) into near (2 * cap int64, left as given
  * past the count). Returns the number of near pairs found, at most cap. */
-int64_t gram_distances(int64_t k, int64_t m, double *g, const double *sq, const float *ns, float *d2,
-                       int64_t cap, int64_t *near)
+static int64_t gram_rows(int64_t k, int64_t m, int64_t i0, int64_t i1, const double *g, const double *sq,
+                         const float *ns, float *d2, int64_t cap, int64_t *near)
 {
-    for (int64_t i = 0; i < k; i++)
-        for (int64_t j = 0; j < k; j++) {
-            const double v = g[i * m + j] + sq[j];
-            g[i * m + j] = v != v ? v : (v < 0.0 ? 0.0 : v);
-        }
     int64_t found = 0;
-    for (int64_t i = 0; i < k; i++) {
+    for (int64_t i = i0; i < i1; i++) {
         const double *gr = g + i * m;
         float *dr = d2 + i * m;
         for (int64_t j = 0; j < m; j++) {
@@ -237,9 +294,37 @@ int64_t gram_distances(int64_t k, int64_t m, double *g, const double *sq, const 
     return found;
 }
 
-/* The gradient's last step, g = float(f * rowsum - af) (float64 product and difference, rounded). */
-void combine_gradient(int64_t n, int64_t dim, const double *f, const double *rowsum, const double *af, float *out)
+int64_t gram_distances(int64_t k, int64_t m, double *g, const double *sq, const float *ns, float *d2,
+                       int64_t cap, int64_t *near, int threads)
 {
+    for (int64_t i = 0; i < k; i++) /* the diagonal block first: rows read each other's entries there */
+        for (int64_t j = 0; j < k; j++) {
+            const double v = g[i * m + j] + sq[j];
+            g[i * m + j] = v != v ? v : (v < 0.0 ? 0.0 : v);
+        }
+    const int64_t chunks = chunk_count(k);
+    int64_t found[8] = {0};
+    int64_t *lists = malloc((size_t)(chunks * (2 * cap + 1)) * sizeof(int64_t));
+    if (!lists)
+        return -1;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t c = 0; c < chunks; c++)
+        found[c] = gram_rows(k, m, c * chunk_rows(k), chunk_end(k, c), g, sq, ns, d2, cap, lists + c * 2 * cap);
+    int64_t total = 0; /* the first cap in row-major order: the chunks' lists in chunk order */
+    for (int64_t c = 0; c < chunks && total < cap; c++)
+        for (int64_t p = 0; p < found[c] && total < cap; p++, total++) {
+            near[2 * total] = lists[c * 2 * cap + 2 * p];
+            near[2 * total + 1] = lists[c * 2 * cap + 2 * p + 1];
+        }
+    free(lists);
+    return total;
+}
+
+/* The gradient's last step, g = float(f * rowsum - af) (float64 product and difference, rounded). */
+void combine_gradient(int64_t n, int64_t dim, const double *f, const double *rowsum, const double *af, float *out,
+                      int threads)
+{
+#pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t i = 0; i < n; i++)
         for (int64_t c = 0; c < dim; c++)
             out[i * dim + c] = (float)(f[i * dim + c] * rowsum[i] - af[i * dim + c]);
@@ -247,12 +332,15 @@ void combine_gradient(int64_t n, int64_t dim, const double *f, const double *row
 
 /* The gradient product over the nonzero coefficients only (the coefficient of a pair that violates
  * no margin is 0), fused with pass 2: where few pairs are active this replaces the dense coefficient
- * matrices and their GEMM. f, af, rowsum are indexed like the columns (global r0 ..): for each pair
- * (i, j) with a nonzero coefficient, af[i] += a_row f[j] and rowsum[i] += a_row, and for j >= k
- * (where columns) af[j] += a_col f[i] and rowsum[j] += a_col. The near pairs (row-major local (i, j),
- * near_count of them) are left out; their coefficients go to near_row / near_col (a_col 0 for j < k)
- * for the caller's difference-vector terms. Each output element adds its terms in a fixed order, the
- * products and sums kept separate, so the vector width of the clone changes nothing. */
+ * matrices and their GEMM. f, af, rowsum are indexed like the columns (global r0 ..). Row side, per
+ * row chunk: af[i] += a_row f[j] and rowsum[i] += a_row over all j; column side (where columns), per
+ * chunk of the columns k .. m-1: af[j] += a_col f[i] and rowsum[j] += a_col over all rows i < k. The
+ * two sides write different rows of af, so all chunks run at once. The near pairs (row-major local
+ * (i, j), near_count of them) are left out; their coefficients go to near_row / near_col (zeroed by
+ * the caller) for its difference-vector terms. Each output element adds its terms in a fixed order
+ * (j for a row, i for a column), products and sums kept separate: neither the chunks' threads nor
+ * the vector width of the clone change a bit. */
+VECTOR_CLONES
 static void add_scaled(int64_t dim, double c, const double *src, double *dst)
 {
     for (int64_t e = 0; e < dim; e++)
@@ -261,78 +349,108 @@ static void add_scaled(int64_t dim, double c, const double *src, double *dst)
 
 typedef struct {
     const double *f;
-    double *af, *rowsum, *near_row, *near_col;
+    double *af, *rowsum, *near_out;
     const int64_t *near;
     int64_t dim, near_count, next;
 } Product;
 
-static int is_next_near(const Product *p, int64_t i, int64_t j)
+/* Whether (i, j) is a near pair, for pairs visited in row-major order (the index only moves forward;
+ * p->next is then its position in the list). */
+static int is_near(Product *p, int64_t i, int64_t j)
 {
+    while (p->next < p->near_count &&
+           (p->near[2 * p->next] < i || (p->near[2 * p->next] == i && p->near[2 * p->next + 1] < j)))
+        p->next++;
     return p->next < p->near_count && p->near[2 * p->next] == i && p->near[2 * p->next + 1] == j;
 }
 
-/* Records the coefficients when (i, j) is the next near pair, else adds its terms. */
-static void add_pair(Product *p, int64_t i, int64_t j, double a_row, double a_col, int column)
+/* c f[src] into af[dst] and c into rowsum[dst], or c recorded where (i, j) is a near pair. */
+static void add_term(Product *p, int64_t i, int64_t j, int64_t dst, int64_t src, double c)
 {
-    if (is_next_near(p, i, j)) {
-        p->near_row[p->next] = a_row;
-        p->near_col[p->next] = column ? a_col : 0.0;
-        p->next++;
+    if (is_near(p, i, j)) {
+        p->near_out[p->next] = c;
         return;
     }
-    if (a_row != 0.0) {
-        p->rowsum[i] += a_row;
-        add_scaled(p->dim, a_row, p->f + j * p->dim, p->af + i * p->dim);
+    if (c != 0.0) {
+        p->rowsum[dst] += c;
+        add_scaled(p->dim, c, p->f + src * p->dim, p->af + dst * p->dim);
     }
-    if (column && a_col != 0.0) {
-        p->rowsum[j] += a_col;
-        add_scaled(p->dim, a_col, p->f + i * p->dim, p->af + j * p->dim);
+}
+
+/* The tasks of one sparse pass: row chunks, then (with columns) chunks of the columns k .. m-1;
+ * task t's row range (row side) or column range (column side). */
+static int64_t sparse_tasks(int64_t k, int64_t m, int columns)
+{
+    return chunk_count(k) + (columns && m > k ? chunk_count(m - k) : 0);
+}
+
+static int sparse_task(int64_t k, int64_t m, int64_t t, int64_t *lo, int64_t *hi)
+{
+    if (t < chunk_count(k)) {
+        *lo = t * chunk_rows(k);
+        *hi = chunk_end(k, t);
+        return 0;
     }
+    t -= chunk_count(k);
+    *lo = k + t * chunk_rows(m - k);
+    *hi = k + chunk_end(m - k, t);
+    return 1;
 }
 
 /* RLL pass 2 (the coefficients of rll_coefficients) and the product, sparse. */
-VECTOR_CLONES
 void rll_sparse_gradient(int64_t k, int64_t m, const float *d2, const float *w, const int64_t *y,
                          const float *sp, const float *sn, const float *share, float lam, int unit,
                          int columns, int64_t dim, const double *f, double *af, double *rowsum,
-                         int64_t near_count, const int64_t *near, double *near_row, double *near_col)
+                         int64_t near_count, const int64_t *near, double *near_row, double *near_col, int threads)
 {
-    Product p = {f, af, rowsum, near_row, near_col, near, dim, near_count, 0};
-    for (int64_t i = 0; i < k; i++)
-        for (int64_t j = 0; j < m; j++) {
-            const int64_t e = i * m + j;
-            if (j == i || (w[e] == 0.0f && !is_next_near(&p, i, j)))
-                continue;
-            const int same = y[j] == y[i], column = columns && j >= k;
-            add_pair(&p, i, j, rll_coefficient(w[e], d2[e], same, i, sp, sn, share, lam, unit),
-                     column ? rll_coefficient(w[e], d2[e], same, j, sp, sn, share, lam, unit) : 0.0, column);
-        }
+    const int64_t tasks = sparse_tasks(k, m, columns);
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t t = 0; t < tasks; t++) {
+        int64_t lo, hi;
+        const int column_side = sparse_task(k, m, t, &lo, &hi);
+        Product p = {f, af, rowsum, column_side ? near_col : near_row, near, dim, near_count, 0};
+        for (int64_t i = column_side ? 0 : lo; i < (column_side ? k : hi); i++)
+            for (int64_t j = column_side ? lo : 0; j < (column_side ? hi : m); j++) {
+                const int64_t e = i * m + j;
+                if (j == i || (w[e] == 0.0f && !is_near(&p, i, j)))
+                    continue;
+                const int64_t anchor = column_side ? j : i;
+                add_term(&p, i, j, anchor, column_side ? i : j,
+                         rll_coefficient(w[e], d2[e], y[j] == y[i], anchor, sp, sn, share, lam, unit));
+            }
+    }
 }
 
 /* OSM pass 2 (the coefficients of osm_coefficients) and the product, sparse; raw == 0 gives a == 0. */
-VECTOR_CLONES
 void osm_sparse_gradient(int64_t k, int64_t m, const float *d2, const float *raw, const int64_t *y,
                          const float *s, float margin, float alpha, float eps_neg, double twice_pos,
                          double twice_neg, int columns, int64_t dim, const double *f, double *af,
                          double *rowsum, int64_t near_count, const int64_t *near, double *near_row,
-                         double *near_col)
+                         double *near_col, int threads)
 {
-    Product p = {f, af, rowsum, near_row, near_col, near, dim, near_count, 0};
-    for (int64_t i = 0; i < k; i++)
-        for (int64_t j = 0; j < m; j++) {
-            const int64_t e = i * m + j;
-            if (j == i || (raw[e] == 0.0f && !is_next_near(&p, i, j)))
-                continue;
-            const double a = osm_coefficient(d2[e], raw[e], y[j] == y[i], s[i], s[j], margin, alpha, eps_neg,
-                                             twice_pos, twice_neg);
-            add_pair(&p, i, j, a, a, columns && j >= k);
-        }
+    const int64_t tasks = sparse_tasks(k, m, columns);
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t t = 0; t < tasks; t++) {
+        int64_t lo, hi;
+        const int column_side = sparse_task(k, m, t, &lo, &hi);
+        Product p = {f, af, rowsum, column_side ? near_col : near_row, near, dim, near_count, 0};
+        for (int64_t i = column_side ? 0 : lo; i < (column_side ? k : hi); i++)
+            for (int64_t j = column_side ? lo : 0; j < (column_side ? hi : m); j++) {
+                const int64_t e = i * m + j;
+                if (j == i || (raw[e] == 0.0f && !is_near(&p, i, j)))
+                    continue;
+                add_term(&p, i, j, column_side ? j : i, column_side ? i : j,
+                         osm_coefficient(d2[e], raw[e], y[j] == y[i], s[i], s[j], margin, alpha, eps_neg,
+                                         twice_pos, twice_neg));
+            }
+    }
 }
 
 /* L2 Normalization (SPEC rll 2.1, osm 2.5), per sample: scale = float(pow(double(q) + eps, -0.5)),
  * q = float(sum of float(x * x)) summed in double; y = x * scale. */
-void l2_normalize_forward(int64_t n, int64_t dim, const float *x, double eps, float *y, float *scale)
+void l2_normalize_forward(int64_t n, int64_t dim, const float *x, double eps, float *y, float *scale, int threads)
 {
+#pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t i = 0; i < n; i++) {
         const float *xr = x + i * dim;
         const float s = (float)pow((double)(float)dot64(dim, xr, xr, 0) + eps, -0.5);
@@ -343,8 +461,10 @@ void l2_normalize_forward(int64_t n, int64_t dim, const float *x, double eps, fl
 }
 
 /* Its backward: g_x = (g_y - float(dot(y, g_y)) * y) * scale, the dot of float products summed in double. */
-void l2_normalize_backward(int64_t n, int64_t dim, const float *y, const float *g, const float *scale, float *out)
+void l2_normalize_backward(int64_t n, int64_t dim, const float *y, const float *g, const float *scale, float *out,
+                           int threads)
 {
+#pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t i = 0; i < n; i++) {
         const float *yr = y + i * dim, *gr = g + i * dim;
         const float d = (float)dot64(dim, yr, gr, 0), s = scale[i];
