@@ -78,7 +78,6 @@ def medians(fns, repeats):
 def table(sizes, threads, repeats):
     pml_rll, pml_con = load_pml()
     ours_rll, ours_osm = RankedListLoss(), OSMCAALoss()
-    from rll_repro import native
     from rll_repro.layers import _pair_native
 
     print(f"torch {torch.__version__}, D = {DIM}, median of {repeats} interleaved rounds, "

@@ -32,7 +32,6 @@ def pair_kernels(request, monkeypatch):
     if request.param == "pytorch":
         monkeypatch.setenv("RLL_REPRO_NATIVE", "0")
     else:
-        from rll_repro import native
         from rll_repro.layers import _pair_native
 
         monkeypatch.setenv("RLL_REPRO_NATIVE", "1")
