@@ -10,7 +10,8 @@
 #endif
 
 /* #{v > t} into *above and #{v >= t} into *at_or_above, over cols values. */
-static inline void count_row(const float *v, int64_t cols, float t, int64_t *above, int64_t *at_or_above)
+VECTOR_CLONES
+static void count_row(const float *v, int64_t cols, float t, int64_t *above, int64_t *at_or_above)
 {
     int32_t g = 0, a = 0;
     for (int64_t c = 0; c < cols; c++) {
@@ -22,11 +23,12 @@ static inline void count_row(const float *v, int64_t cols, float t, int64_t *abo
 }
 
 /* Rows 0 .. rows-1 of values (row stride `stride` floats): above[r] = #{v > thr[r]},
- * at_or_above[r] = #{v >= thr[r]} over the first cols entries. */
-VECTOR_CLONES
+ * at_or_above[r] = #{v >= thr[r]} over the first cols entries, on `threads` OpenMP threads (the
+ * process's runtime: PyTorch's, when built with -fopenmp; exact integers whatever the split). */
 void rows_above(int64_t rows, int64_t cols, int64_t stride, const float *values, const float *thr,
-                int64_t *above, int64_t *at_or_above)
+                int64_t *above, int64_t *at_or_above, int threads)
 {
+#pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t r = 0; r < rows; r++)
         count_row(values + r * stride, cols, thr[r], above + r, at_or_above + r);
 }
@@ -34,7 +36,6 @@ void rows_above(int64_t rows, int64_t cols, int64_t stride, const float *values,
 /* A tile's counts for its rows and, from column `off` on, for its columns: row_g[r] += #{v > t_rows[r]},
  * row_a[r] += #{v >= t_rows[r]} over all cols; col_g[c] += #{v > t_cols[c]}, col_a[c] += #{v >=
  * t_cols[c]} over all rows, for c in off .. cols-1 (t_cols, col_g, col_a indexed from off). */
-VECTOR_CLONES
 void tile_counts(int64_t rows, int64_t cols, int64_t stride, const float *values, const float *t_rows,
                  int64_t off, const float *t_cols, int64_t *row_g, int64_t *row_a, int64_t *col_g,
                  int64_t *col_a)

@@ -35,10 +35,10 @@ def _kernels():
     if not native.enabled():
         return None
     if _lib is None:
-        lib = native.load(SOURCE)
+        lib = native.load(SOURCE, openmp=True)
         if lib is not None:
             i64, ptr = ctypes.c_int64, ctypes.c_void_p
-            lib.rows_above.argtypes = [i64, i64, i64, ptr, ptr, ptr, ptr]
+            lib.rows_above.argtypes = [i64, i64, i64, ptr, ptr, ptr, ptr, ctypes.c_int]
             lib.tile_counts.argtypes = [i64, i64, i64, ptr, ptr, i64, ptr, ptr, ptr, ptr, ptr]
             lib.rows_above.restype = lib.tile_counts.restype = None
         _lib = lib if lib is not None else False
@@ -101,15 +101,22 @@ def column_counts(words: np.ndarray, cols: int) -> np.ndarray:
     return words.sum(axis=0).view(np.uint8)[:cols]
 
 
-def rows_above(values: np.ndarray, threshold: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per row: how many values are > and >= its threshold (int64 each; ``threshold`` (rows, 1))."""
+def native_rows() -> bool:
+    """Whether :func:`rows_above` counts in C (and so can split a whole block over threads itself)."""
+    return _kernels() is not None
+
+
+def rows_above(values: np.ndarray, threshold: np.ndarray, mask: np.ndarray | None,
+               threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: how many values are > and >= its threshold (int64 each; ``threshold`` (rows, 1)); the
+    C counters split the rows over ``threads`` OpenMP threads (``mask`` is the fallback's buffer)."""
     lib = _kernels()
     if lib is not None and _rows_ok(values):
         r, c = values.shape
         t = _floats(threshold)
         above, at_or_above = np.empty(r, np.int64), np.empty(r, np.int64)
         lib.rows_above(r, c, values.strides[0] // 4, values.ctypes.data, t.ctypes.data, above.ctypes.data,
-                       at_or_above.ctypes.data)
+                       at_or_above.ctypes.data, int(threads))
         return above, at_or_above
     return tuple(row_counts(compare(values, threshold, mask, strict)) for strict in (True, False))
 

@@ -178,15 +178,18 @@ def _rank_block(Qt, Gt, sim, pool, masks, positives, ql, gl, exclude_self, start
     thr = np.where(has, best, np.inf).astype(np.float32)[:, None]
     # rank = #(strictly greater) + #(ties of lower index); only the best positive and positives
     # tied with it at or above s_p (p is the lowest index among them) leave the second term 0
-    above, at_or_above = np.empty(b, dtype=np.int64), np.empty(b, dtype=np.int64)
-    edges = np.linspace(0, b, min(len(masks), b) + 1).astype(np.int64)
+    if counts.native_rows():  # one C pass over the block on torch's own OpenMP threads
+        above, at_or_above = counts.rows_above(sn, thr, None, _torch().get_num_threads())
+    else:
+        above, at_or_above = np.empty(b, dtype=np.int64), np.empty(b, dtype=np.int64)
+        edges = np.linspace(0, b, min(len(masks), b) + 1).astype(np.int64)
 
-    def count(i: int) -> None:  # numpy releases the GIL: the row ranges run in parallel
-        for c in range(int(edges[i]), int(edges[i + 1]), COUNT_CHUNK_ROWS):
-            e = min(c + COUNT_CHUNK_ROWS, int(edges[i + 1]))
-            above[c:e], at_or_above[c:e] = counts.rows_above(sn[c:e], thr[c:e], masks[i])
+        def count(i: int) -> None:  # numpy releases the GIL: the row ranges run in parallel
+            for c in range(int(edges[i]), int(edges[i + 1]), COUNT_CHUNK_ROWS):
+                e = min(c + COUNT_CHUNK_ROWS, int(edges[i + 1]))
+                above[c:e], at_or_above[c:e] = counts.rows_above(sn[c:e], thr[c:e], masks[i])
 
-    list(pool.map(count, range(len(edges) - 1)))
+        list(pool.map(count, range(len(edges) - 1)))
     rank = np.where(has, above, 0)
     tied = np.flatnonzero(has & (at_or_above - above > n_tied))
     if tied.size:
