@@ -91,3 +91,26 @@ def test_rows_above_and_tile_counts_are_numpys_exact_counts(count_kernels, cols)
     assert acc[1].tolist() == (7 + (values >= t_rows[:, None]).sum(1)).tolist()
     assert acc[2].tolist() == (7 + (values[:, off:] > t_cols[None, :]).sum(0)).tolist()
     assert acc[3].tolist() == (7 + (values[:, off:] >= t_cols[None, :]).sum(0)).tolist()
+
+
+def test_best_positive_is_numpys_max_and_lowest_tied_index():
+    """The C gather of each row's best candidate (knn's same-label items) against numpy's formula:
+    ties (lowest index wins, all counted), -inf entries, a NaN, rows without candidates."""
+    if counts._kernels() is None:
+        pytest.skip("count kernels not built here")
+    rng = np.random.default_rng(5)
+    values = rng.integers(-2, 3, (50, 40)).astype(np.float32)
+    values[3, :] = -np.inf
+    values[7, 11] = np.nan
+    cand = rng.integers(-1, 40, (50, 6))
+    cand[9] = -1
+    cand[7, 0] = 11  # the NaN is a candidate of row 7
+    best, first, tied = counts.best_positive(values, cand, threads=2)
+    valid = cand >= 0
+    sims = np.where(valid, values[np.arange(50)[:, None], np.maximum(cand, 0)], -np.inf)
+    ref_best = sims.max(axis=1)
+    at_best = valid & (sims == ref_best[:, None])
+    big = np.iinfo(np.int64).max
+    assert np.array_equal(best, ref_best.astype(np.float32), equal_nan=True)
+    assert first.tolist() == np.where(at_best, cand, big).min(axis=1).tolist()
+    assert tied.tolist() == at_best.sum(axis=1).tolist()

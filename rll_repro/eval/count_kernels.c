@@ -1,6 +1,7 @@
 /* How many similarities of each row (and column) of a tile lie above a threshold: the counts of
  * rll_repro/eval/counts.py in one pass, built by rll_repro/native.py. The counts are exact integers
  * of IEEE float comparisons (NaN compares false, as numpy's), so the ranks they give are the same. */
+#include <math.h>
 #include <stdint.h>
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
@@ -51,5 +52,40 @@ void tile_counts(int64_t rows, int64_t cols, int64_t stride, const float *values
             col_g[c] += w[c] > t_cols[c];
             col_a[c] += w[c] >= t_cols[c];
         }
+    }
+}
+
+/* Each row's most similar same-label item: over its candidates pos[r, 0 .. width-1] (gallery
+ * indices, -1 = none), best[r] = the highest similarity (-inf without candidates; NaN if one is
+ * NaN, as numpy's max), first[r] = the lowest index reaching it and tied[r] = how many do (none when
+ * best is NaN: NaN equals nothing). */
+void best_positive(int64_t rows, int64_t stride, const float *values, const int64_t *pos, int64_t width,
+                   float *best, int64_t *first, int64_t *tied, int threads)
+{
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t r = 0; r < rows; r++) {
+        const float *v = values + r * stride;
+        const int64_t *pr = pos + r * width;
+        float b = -INFINITY;
+        int64_t p = INT64_MAX, n = 0;
+        int nan = 0;
+        for (int64_t c = 0; c < width; c++) {
+            if (pr[c] < 0)
+                continue;
+            const float x = v[pr[c]];
+            if (x != x)
+                nan = 1;
+            else if (x > b) {
+                b = x;
+                p = pr[c];
+                n = 1;
+            } else if (x == b) {
+                n++;
+                p = pr[c] < p ? pr[c] : p;
+            }
+        }
+        best[r] = nan ? NAN : b;
+        first[r] = nan || n == 0 ? INT64_MAX : p;
+        tied[r] = nan ? 0 : n;
     }
 }

@@ -40,7 +40,8 @@ def _kernels():
             i64, ptr = ctypes.c_int64, ctypes.c_void_p
             lib.rows_above.argtypes = [i64, i64, i64, ptr, ptr, ptr, ptr, ctypes.c_int]
             lib.tile_counts.argtypes = [i64, i64, i64, ptr, ptr, i64, ptr, ptr, ptr, ptr, ptr]
-            lib.rows_above.restype = lib.tile_counts.restype = None
+            lib.best_positive.argtypes = [i64, i64, ptr, ptr, i64, ptr, ptr, ptr, ctypes.c_int]
+            lib.rows_above.restype = lib.tile_counts.restype = lib.best_positive.restype = None
         _lib = lib if lib is not None else False
     return _lib or None
 
@@ -151,3 +152,18 @@ def tile_counts(values: np.ndarray, t_rows: np.ndarray, off: int, t_cols: np.nda
             g, a = columns_above(values[s:e, off:], t_cols, mask)
             col_g += g
             col_a += a
+
+
+def best_positive(values: np.ndarray, candidates: np.ndarray, threads: int = 1):
+    """(similarity, lowest index, how many tie at it) of each row's best candidate (``candidates``:
+    (rows, width) int64 column indices, -1 = none), as numpy's max / argmin over them (NaN if one is
+    NaN, then no index); None where the C counters are not built (the caller's numpy path)."""
+    lib = _kernels()
+    if lib is None or not _rows_ok(values):
+        return None
+    r = values.shape[0]
+    cand = np.ascontiguousarray(candidates, dtype=np.int64)
+    best, first, tied = np.empty(r, np.float32), np.empty(r, np.int64), np.empty(r, np.int64)
+    lib.best_positive(r, values.strides[0] // 4, values.ctypes.data, cand.ctypes.data, cand.shape[1],
+                      best.ctypes.data, first.ctypes.data, tied.ctypes.data, int(threads))
+    return best, first, tied

@@ -91,6 +91,9 @@ def _best_positive(sn, rows, start, positives, ql, gl, exclude_self):
         pos = positives.table(slice(start, start + b))
         if exclude_self:
             pos = np.where(pos == (start + rows)[:, None], -1, pos)
+        found = counts.best_positive(sn, pos, _torch().get_num_threads())
+        if found is not None:  # the same in one C pass
+            return found
         valid = pos >= 0
         pos_sim = np.where(valid, sn[rows[:, None], np.maximum(pos, 0)], -np.inf)
         best = pos_sim.max(axis=1)
