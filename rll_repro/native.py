@@ -134,6 +134,31 @@ def load(source: str | os.PathLike, openmp: bool = False) -> ctypes.CDLL | None:
         return _loaded[key]
 
 
+class Kernels:
+    """The functions of one C source with their ctypes signatures, loaded on first use (None where
+    :func:`load` gives none or native kernels are turned off, checked at every call)."""
+
+    def __init__(self, source: str | os.PathLike, signatures: dict, restypes: dict | None = None,
+                 openmp: bool = False):
+        self.source, self.signatures, self.restypes, self.openmp = Path(source), signatures, restypes or {}, openmp
+        self._lib = None
+
+    def get(self) -> ctypes.CDLL | None:
+        if not enabled():
+            return None
+        if self._lib is None:
+            lib = load(self.source, self.openmp)
+            if lib is not None:
+                for name, argtypes in self.signatures.items():
+                    fn = getattr(lib, name)
+                    fn.argtypes, fn.restype = argtypes, self.restypes.get(name)
+            self._lib = lib if lib is not None else False
+        return self._lib or None
+
+    def status(self) -> str:
+        return status(self.source, self.openmp)
+
+
 def status(source: str | os.PathLike, openmp: bool = False) -> str:
     """One line: whether the kernels of ``source`` (built as :func:`load` builds them) are in use, and
     why not."""

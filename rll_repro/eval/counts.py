@@ -26,24 +26,13 @@ import numpy as np
 from rll_repro import native
 
 SOURCE = Path(__file__).with_name("count_kernels.c")
-_lib = None
-
-
-def _kernels():
-    """The C counters, or None (not built here, or RLL_REPRO_NATIVE=0)."""
-    global _lib
-    if not native.enabled():
-        return None
-    if _lib is None:
-        lib = native.load(SOURCE, openmp=True)
-        if lib is not None:
-            i64, ptr = ctypes.c_int64, ctypes.c_void_p
-            lib.rows_above.argtypes = [i64, i64, i64, ptr, ptr, ptr, ptr, ctypes.c_int]
-            lib.tile_counts.argtypes = [i64, i64, i64, ptr, ptr, i64, ptr, ptr, ptr, ptr, ptr]
-            lib.best_positive.argtypes = [i64, i64, ptr, ptr, i64, ptr, ptr, ptr, ctypes.c_int]
-            lib.rows_above.restype = lib.tile_counts.restype = lib.best_positive.restype = None
-        _lib = lib if lib is not None else False
-    return _lib or None
+_i64, _ptr, _int = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
+_KERNELS = native.Kernels(SOURCE, {
+    "rows_above": [_i64, _i64, _i64, _ptr, _ptr, _ptr, _ptr, _int],
+    "tile_counts": [_i64, _i64, _i64, _ptr, _ptr, _i64, _ptr, _ptr, _ptr, _ptr, _ptr],
+    "best_positive": [_i64, _i64, _ptr, _ptr, _i64, _ptr, _ptr, _ptr, _int],
+}, openmp=True)
+_kernels = _KERNELS.get  # the C counters, or None (not built here, or RLL_REPRO_NATIVE=0)
 
 
 def _rows_ok(values: np.ndarray) -> bool:

@@ -31,28 +31,14 @@ _SIGNATURES = {
     "osm_sparse_gradient": [_i64, _i64, _ptr, _ptr, _ptr, _ptr, _f32, _f32, _f32, _f64, _f64, _int, _i64, _ptr,
                             _ptr, _ptr, _i64, _ptr, _ptr, _ptr, _int],
 }
-_RESTYPES = {"gram_distances": _i64, "rll_weights": _i64, "osm_terms": _i64}
-_lib = None
-
-
-def _kernels():
-    """The loaded kernels, or None (not built here, or RLL_REPRO_NATIVE=0)."""
-    global _lib
-    if not native.enabled():
-        return None
-    if _lib is None:
-        lib = native.load(SOURCE, openmp=True)
-        if lib is not None:
-            for name, argtypes in _SIGNATURES.items():
-                fn = getattr(lib, name)
-                fn.argtypes, fn.restype = argtypes, _RESTYPES.get(name)
-        _lib = lib if lib is not None else False
-    return _lib or None
+_KERNELS = native.Kernels(SOURCE, _SIGNATURES, {"gram_distances": _i64, "rll_weights": _i64, "osm_terms": _i64},
+                          openmp=True)
+_kernels = _KERNELS.get  # the loaded kernels, or None (not built here, or RLL_REPRO_NATIVE=0)
 
 
 def status() -> str:
     """Whether the pair kernels are in use here (one line, with the reason when not)."""
-    return native.status(SOURCE, openmp=True)
+    return _KERNELS.status()
 
 
 def usable(emb: torch.Tensor) -> bool:

@@ -397,11 +397,14 @@ static int sparse_task(int64_t k, int64_t m, int64_t t, int64_t *lo, int64_t *hi
     return 1;
 }
 
-/* RLL pass 2 (the coefficients of rll_coefficients) and the product, sparse. */
-void rll_sparse_gradient(int64_t k, int64_t m, const float *d2, const float *w, const int64_t *y,
-                         const float *sp, const float *sn, const float *share, float lam, int unit,
-                         int columns, int64_t dim, const double *f, double *af, double *rowsum,
-                         int64_t near_count, const int64_t *near, double *near_row, double *near_col, int threads)
+/* The traversal both sparse passes share: task t of sparse_tasks, pairs visited in row-major order,
+ * those with active[e] == 0 (no coefficient) skipped unless near; coef gives the pair's coefficient
+ * for its anchor (the row on the row side, the column on the column side). */
+typedef double (*Coefficient)(const void *ctx, int64_t e, int64_t i, int64_t j, int64_t anchor);
+
+static void sparse_pass(int64_t k, int64_t m, int columns, const float *active, Coefficient coef, const void *ctx,
+                        int64_t dim, const double *f, double *af, double *rowsum, int64_t near_count,
+                        const int64_t *near, double *near_row, double *near_col, int threads)
 {
     const int64_t tasks = sparse_tasks(k, m, columns);
 #pragma omp parallel for num_threads(threads) schedule(static)
@@ -412,13 +415,50 @@ void rll_sparse_gradient(int64_t k, int64_t m, const float *d2, const float *w, 
         for (int64_t i = column_side ? 0 : lo; i < (column_side ? k : hi); i++)
             for (int64_t j = column_side ? lo : 0; j < (column_side ? hi : m); j++) {
                 const int64_t e = i * m + j;
-                if (j == i || (w[e] == 0.0f && !is_near(&p, i, j)))
+                if (j == i || (active[e] == 0.0f && !is_near(&p, i, j)))
                     continue;
                 const int64_t anchor = column_side ? j : i;
-                add_term(&p, i, j, anchor, column_side ? i : j,
-                         rll_coefficient(w[e], d2[e], y[j] == y[i], anchor, sp, sn, share, lam, unit));
+                add_term(&p, i, j, anchor, column_side ? i : j, coef(ctx, e, i, j, anchor));
             }
     }
+}
+
+typedef struct {
+    const float *d2, *w, *sp, *sn, *share;
+    const int64_t *y;
+    float lam;
+    int unit;
+} RLLPass;
+
+static double rll_pair(const void *ctx, int64_t e, int64_t i, int64_t j, int64_t anchor)
+{
+    const RLLPass *c = ctx;
+    return rll_coefficient(c->w[e], c->d2[e], c->y[j] == c->y[i], anchor, c->sp, c->sn, c->share, c->lam, c->unit);
+}
+
+/* RLL pass 2 (the coefficients of rll_coefficients) and the product, sparse. */
+void rll_sparse_gradient(int64_t k, int64_t m, const float *d2, const float *w, const int64_t *y,
+                         const float *sp, const float *sn, const float *share, float lam, int unit,
+                         int columns, int64_t dim, const double *f, double *af, double *rowsum,
+                         int64_t near_count, const int64_t *near, double *near_row, double *near_col, int threads)
+{
+    const RLLPass ctx = {d2, w, sp, sn, share, y, lam, unit};
+    sparse_pass(k, m, columns, w, rll_pair, &ctx, dim, f, af, rowsum, near_count, near, near_row, near_col, threads);
+}
+
+typedef struct {
+    const float *d2, *raw, *s;
+    const int64_t *y;
+    float margin, alpha, eps_neg;
+    double twice_pos, twice_neg;
+} OSMPass;
+
+static double osm_pair(const void *ctx, int64_t e, int64_t i, int64_t j, int64_t anchor)
+{
+    const OSMPass *c = ctx;
+    (void)anchor; /* symmetric */
+    return osm_coefficient(c->d2[e], c->raw[e], c->y[j] == c->y[i], c->s[i], c->s[j], c->margin, c->alpha,
+                           c->eps_neg, c->twice_pos, c->twice_neg);
 }
 
 /* OSM pass 2 (the coefficients of osm_coefficients) and the product, sparse; raw == 0 gives a == 0. */
@@ -428,22 +468,9 @@ void osm_sparse_gradient(int64_t k, int64_t m, const float *d2, const float *raw
                          double *rowsum, int64_t near_count, const int64_t *near, double *near_row,
                          double *near_col, int threads)
 {
-    const int64_t tasks = sparse_tasks(k, m, columns);
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t t = 0; t < tasks; t++) {
-        int64_t lo, hi;
-        const int column_side = sparse_task(k, m, t, &lo, &hi);
-        Product p = {f, af, rowsum, column_side ? near_col : near_row, near, dim, near_count, 0};
-        for (int64_t i = column_side ? 0 : lo; i < (column_side ? k : hi); i++)
-            for (int64_t j = column_side ? lo : 0; j < (column_side ? hi : m); j++) {
-                const int64_t e = i * m + j;
-                if (j == i || (raw[e] == 0.0f && !is_near(&p, i, j)))
-                    continue;
-                add_term(&p, i, j, column_side ? j : i, column_side ? i : j,
-                         osm_coefficient(d2[e], raw[e], y[j] == y[i], s[i], s[j], margin, alpha, eps_neg,
-                                         twice_pos, twice_neg));
-            }
-    }
+    const OSMPass ctx = {d2, raw, s, y, margin, alpha, eps_neg, twice_pos, twice_neg};
+    sparse_pass(k, m, columns, raw, osm_pair, &ctx, dim, f, af, rowsum, near_count, near, near_row, near_col,
+                threads);
 }
 
 /* L2 Normalization (SPEC rll 2.1, osm 2.5), per sample: scale = float(pow(double(q) + eps, -0.5)),
