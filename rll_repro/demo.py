@@ -166,7 +166,4 @@ def diff_expected(results_path, tolerance: float = TOLERANCE, nmi_tolerance: flo
     ours = diff.load_results(results_path)
     reference, source = diff.resolve_reference(demo.PUBLISHED)
     rows = diff.compare(ours, reference, source, [k for k in ours if k in reference])
-    nmi = [r for r in rows if r.metric.endswith("/NMI")]
-    others = [r for r in rows if not r.metric.endswith("/NMI")]
-    over = {id(r) for r in diff.exceeded(others, tolerance) + diff.exceeded(nmi, max(tolerance, nmi_tolerance))}
-    return [r for r in rows if id(r) in over], rows
+    return diff.exceeded(rows, tolerance, max(tolerance, nmi_tolerance)), rows

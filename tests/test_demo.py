@@ -110,6 +110,10 @@ def test_recall_is_held_to_5_points_and_nmi_to_15(tmp_path, shift, over):
     path.write_text(json.dumps({"setting": recipe.NAME, "table": table}))
     rows_over, _ = demo.diff_expected(path)
     assert sorted(r.metric for r in rows_over) == sorted(f"table/{recipe.OSM}/{m}" for m in over)
+    # the command the demo prints gives the same verdict; without --nmi-tolerance NMI gets 5 points
+    gate = ["diff", str(path), "--against", recipe.PUBLISHED, "--tolerance", "5"]
+    assert cli.main(gate + ["--nmi-tolerance", "15"]) == (1 if over else 0)
+    assert cli.main(gate) == (1 if over or abs(shift.get("NMI", 0)) > 5 else 0)
 
 
 def test_recorded_numbers_cover_every_method_and_metric():

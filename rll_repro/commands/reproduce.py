@@ -177,8 +177,9 @@ def _run_demo(args) -> int:
     verdict = (f"{len(over)} of {compared} numbers differ by more than {allowed}"
                if over else f"all {compared} numbers within {allowed}")
     print(f"vs recorded {recipe.PUBLISHED}: {verdict} (rll-repro diff {out}/results.json --against "
-          f"{recipe.PUBLISHED} --tolerance {demo.TOLERANCE:g}); run folder {out} (results.json, table.png, "
-          f"<method>/train.log, curves.png); {time.monotonic() - started:.1f} s")
+          f"{recipe.PUBLISHED} --tolerance {demo.TOLERANCE:g} --nmi-tolerance {demo.NMI_TOLERANCE:g}); "
+          f"run folder {out} (results.json, table.png, <method>/train.log, curves.png); "
+          f"{time.monotonic() - started:.1f} s")
     return 0  # the verdict is printed; a chaotic small run elsewhere may drift past it (see rll_repro.demo)
 
 

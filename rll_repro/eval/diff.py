@@ -92,20 +92,29 @@ def compare(ours: dict[str, float], reference: dict[str, float], source: str,
     return rows
 
 
-def exceeded(rows: list[Row], tolerance: float) -> list[Row]:
-    """Rows whose |delta| is above ``tolerance`` (percentage points); a NaN delta counts as exceeded."""
-    return [r for r in rows if r.delta is not None and (math.isnan(r.delta) or abs(r.delta) > tolerance + 1e-9)]
+def _over(row: Row, tolerance: float, nmi_tolerance: float | None) -> bool:
+    """|delta| above the row's tolerance (NMI rows: ``nmi_tolerance`` where given); NaN is over."""
+    if row.delta is None:
+        return False
+    allowed = nmi_tolerance if nmi_tolerance is not None and row.metric.split("/")[-1] == "NMI" else tolerance
+    return math.isnan(row.delta) or abs(row.delta) > allowed + 1e-9
+
+
+def exceeded(rows: list[Row], tolerance: float, nmi_tolerance: float | None = None) -> list[Row]:
+    """Rows whose |delta| is above ``tolerance`` (percentage points; NMI rows against
+    ``nmi_tolerance`` where given); a NaN delta counts as exceeded."""
+    return [r for r in rows if _over(r, tolerance, nmi_tolerance)]
 
 
 def format_table(rows: list[Row], tolerance: float, ours_label: str = "ours",
-                 reference_label: str = "published") -> str:
+                 reference_label: str = "published", nmi_tolerance: float | None = None) -> str:
     """A plain-text side-by-side table: metric, ours, reference, delta, source (and a mark when over)."""
     fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
     header = ("metric", ours_label, reference_label, "delta", "source")
     body = []
     for r in rows:
         flag = ""
-        if r.delta is not None and (math.isnan(r.delta) or abs(r.delta) > tolerance + 1e-9):
+        if _over(r, tolerance, nmi_tolerance):
             flag = "  <-- over"
         delta = "-" if r.delta is None else f"{r.delta:+.2f}"
         body.append((r.metric, fmt(r.ours), fmt(r.reference), delta, r.source + flag))
