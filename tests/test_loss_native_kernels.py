@@ -115,12 +115,16 @@ def test_losses_agree_with_the_pytorch_path(monkeypatch, product_mode, loss, n):
 
 
 def test_exact_duplicates_get_no_gradient_from_their_pair(monkeypatch, product_mode):
-    """x[4] == x[5] (same class): their pair's difference is 0 in both paths, the recomputed pair
-    list finds it, and the two rows' gradients stay finite."""
+    """x[4] == x[5] (same class): the C pass lists the pair (both orders) for recomputation from its
+    difference (0: d2 = 0, no term), and the two rows' gradients equal the PyTorch path's (relative to
+    their own size, ~5e-6 of the batch's largest: measured 9e-8)."""
     x, y, s = batch()
+    blk = PairBlocks(x, native=True).rows[0]
+    listed = set(zip(blk.near_i.tolist(), blk.near_j.tolist()))
+    assert {(4, 5), (5, 4)} <= listed and float(blk.d2[4, 5]) == float(blk.d2[5, 4]) == 0.0
     (_, g), (_, g0) = both_paths(monkeypatch, lambda: rll_v12_value_and_grad(x, y, RLLParams()))
     assert torch.isfinite(g).all()
-    assert rel(g[4:6], g0[4:6]) <= 1e-5
+    assert rel(g[4:6], g0[4:6]) <= TOL
 
 
 def test_float_labels_and_nan_embeddings_behave_as_in_pytorch(monkeypatch):
@@ -193,7 +197,9 @@ def test_near_pairs_are_capped_in_row_major_order():
     assert torch.equal(near, near_ref) and near.tolist() == [[0, 1], [0, 2], [0, 3], [0, 4], [0, 5]]
 
 
-def test_rll_weights_within_an_ulp_and_value_terms_bitwise():
+def test_rll_weights_within_two_ulps_and_sums_to_float64_rounding():
+    """libm's powf and SLEEF's pow are each within an ulp of the exact power (measured: the two differ
+    by at most 1 ulp here), so their results are within 2 ulps; the float64 sums differ by order only."""
     x, y, _ = batch(256, seed=4)
     d2 = torch.cdist(x.double(), x.double()).square().float()
     same = y[:, None] == y[None, :]
@@ -204,14 +210,17 @@ def test_rll_weights_within_an_ulp_and_value_terms_bitwise():
     w_ref.fill_diagonal_(0.0)
     sums = [torch.zeros(256, dtype=F64) for _ in range(4)] + [torch.zeros((), dtype=F64)]
     w, nonzeros = _pair_native.rll_weights(d2, y, *bounds, p.scale_p, p.scale_n, p.base_p, p.base_n, None, *sums)
-    assert ulps(w, w_ref) <= 1.0
+    assert ulps(w, w_ref) <= 2.0
     assert nonzeros == int((w_ref != 0).sum())
     assert torch.allclose(sums[0], w_ref.double().sum(1), rtol=1e-6, atol=0)
     sq = t.clamp_min(0.0).square().fill_diagonal_(0.0)
     assert float(sums[4]) == pytest.approx(float(sq.sum(dtype=F64)), rel=1e-12)
 
 
-def test_l2_normalization_is_bitwise_the_pytorch_path(monkeypatch):
+def test_l2_normalization_is_within_an_ulp_of_the_pytorch_path(monkeypatch):
+    """The same float products and operations; the float64 norm sums (order) and pow (libm, SLEEF)
+    round to the same float but for a sum that falls on a rounding boundary, so the bound is an ulp
+    (measured: bitwise equal on these inputs)."""
     g = torch.Generator().manual_seed(1)
     x, gy = torch.randn(33, 1000, generator=g) * 3, torch.randn(33, 1000, generator=g)
 
@@ -222,7 +231,30 @@ def test_l2_normalization_is_bitwise_the_pytorch_path(monkeypatch):
         return y.detach(), xi.grad
 
     (y, gx), (y0, gx0) = both_paths(monkeypatch, run)
-    assert torch.equal(y, y0) and torch.equal(gx, gx0)
+    assert ulps(y, y0) <= 1.0 and ulps(gx, gx0) <= 1.0
+
+
+def test_a_default_device_does_not_move_the_c_buffers():
+    """``torch.device('meta')`` (or a user's set_default_device('cuda')) as the default: the C path's
+    buffers are still CPU tensors, and the losses give the same bits."""
+    from rll_repro.losses import OSMCAALoss, RankedListLoss
+
+    x, y, s = batch(300)
+
+    def run():
+        out = []
+        for loss, extra in ((RankedListLoss(), ()), (OSMCAALoss(), (s,))):
+            xi = x.clone().requires_grad_()
+            value = loss(xi, y, *extra)
+            value.backward()
+            out.append((value.detach(), xi.grad))
+        return out
+
+    expected = run()
+    with torch.device("meta"):
+        got = run()
+    for (v, g), (v0, g0) in zip(got, expected):
+        assert v.device.type == g.device.type == "cpu" and torch.equal(v, v0) and torch.equal(g, g0)
 
 
 def test_meta_fake_float64_and_disabled_inputs_stay_on_pytorch(monkeypatch):

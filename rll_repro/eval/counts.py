@@ -132,8 +132,9 @@ def tile_counts(values: np.ndarray, t_rows: np.ndarray, off: int, t_cols: np.nda
                         row_g.ctypes.data, row_a.ctypes.data, col_g.ctypes.data, col_a.ctypes.data)
         return
     t_rows, t_cols = t_rows.reshape(-1, 1), t_cols.reshape(1, -1)
-    for s in range(0, r, min(LANE_MAX, mask.shape[0])):
-        e = min(s + min(LANE_MAX, mask.shape[0]), r)
+    step = min(LANE_MAX, mask.shape[0])  # rows per mask compare (a byte lane holds 255)
+    for s in range(0, r, step):
+        e = min(s + step, r)
         g, a = rows_above(values[s:e], t_rows[s:e], mask)
         row_g[s:e] += g
         row_a[s:e] += a

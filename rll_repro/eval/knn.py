@@ -16,6 +16,7 @@ processed in blocks of ``block_rows`` (one ``block_rows x n`` float32 buffer, re
 """
 from __future__ import annotations
 
+import contextlib
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -143,9 +144,10 @@ def first_hit_ranks(query: np.ndarray, q_labels, gallery: np.ndarray | None = No
     ranks = np.empty(nq, dtype=np.int64)
     block_rows = max(1, min(block_rows, nq))
     sim = torch.empty(block_rows, ng, dtype=torch.float32)
-    n_workers = workers.worker_count(block_rows)
+    # the counts: one C pass per block on torch's threads, else numpy on a pool (one mask buffer each)
+    n_workers = 0 if counts.native_rows() else workers.worker_count(block_rows)
     masks = [counts.mask_buffer(COUNT_CHUNK_ROWS, ng) for _ in range(n_workers)]
-    with ThreadPoolExecutor(n_workers) as pool:
+    with ThreadPoolExecutor(n_workers) if n_workers else contextlib.nullcontext() as pool:
         for start in range(0, nq, block_rows):
             stop = min(start + block_rows, nq)
             ranks[start:stop] = _rank_block(Qt, Gt, sim, pool, masks, positives, ql, gl, exclude_self, start, stop)
@@ -170,7 +172,8 @@ def _similarity_block(Qt, Gt, sim, start: int, stop: int, exclude_self: bool):
 
 def _rank_block(Qt, Gt, sim, pool, masks, positives, ql, gl, exclude_self, start: int, stop: int) -> np.ndarray:
     """First-hit ranks of query rows start:stop (:func:`first_hit_ranks`): one product with torch's
-    threads into ``sim``, then the counts split over the pool's threads (one mask buffer each)."""
+    threads into ``sim``, then the counts: in C on torch's threads (``pool`` None), or split over the
+    pool's threads (one mask buffer each)."""
     ng = Gt.shape[0]
     b = stop - start
     sn = _similarity_block(Qt, Gt, sim, start, stop, exclude_self).numpy()
@@ -181,7 +184,7 @@ def _rank_block(Qt, Gt, sim, pool, masks, positives, ql, gl, exclude_self, start
     thr = np.where(has, best, np.inf).astype(np.float32)[:, None]
     # rank = #(strictly greater) + #(ties of lower index); only the best positive and positives
     # tied with it at or above s_p (p is the lowest index among them) leave the second term 0
-    if counts.native_rows():  # one C pass over the block on torch's own OpenMP threads
+    if pool is None:  # one C pass over the block on torch's own OpenMP threads
         above, at_or_above = counts.rows_above(sn, thr, None, _torch().get_num_threads())
     else:
         above, at_or_above = np.empty(b, dtype=np.int64), np.empty(b, dtype=np.int64)

@@ -14,6 +14,7 @@ import torch
 from rll_repro import native
 
 SOURCE = Path(__file__).with_name("pair_kernels.c")
+CPU = torch.device("cpu")  # explicit: a user's torch.set_default_device must not move these buffers
 _i64, _f32, _f64, _int, _ptr = ctypes.c_int64, ctypes.c_float, ctypes.c_double, ctypes.c_int, ctypes.c_void_p
 _SIGNATURES = {
     "rll_weights": [_i64, _i64, _ptr, _ptr, _f32, _f32, _f32, _f32, _f32, _f32, _int, _f32, _f32,
@@ -74,9 +75,11 @@ def _allocated(result: int) -> int:
 
 
 def _p(t: torch.Tensor | None):
+    """The data pointer of a contiguous CPU tensor (anything else would be read out of bounds by C)."""
     if t is None:
         return None
-    assert t.is_contiguous() and t.device.type == "cpu", "pair kernels take contiguous CPU tensors"
+    if t.device.type != "cpu" or not t.is_contiguous():
+        raise ValueError(f"pair kernels take contiguous CPU tensors, got {t.device} strides {t.stride()}")
     return t.data_ptr()
 
 
@@ -95,8 +98,8 @@ def rll_weights(d2, y, pb, nb, tp, tn, bp, bn, value_bounds, row_all, row_pos, c
 def rll_coefficients(d2, w, y, sp, sn, share, lam: float, unit: bool, with_columns: bool):
     """Pass 2 (``rll_coefficients``): (a_row, a_col) in float64; a_col is None without columns."""
     k, m = d2.shape
-    a_row = torch.empty(k, m, dtype=torch.float64)
-    a_col = torch.empty(k, m, dtype=torch.float64) if with_columns else None
+    a_row = torch.empty(k, m, dtype=torch.float64, device=CPU)
+    a_col = torch.empty(k, m, dtype=torch.float64, device=CPU) if with_columns else None
     _kernels().rll_coefficients(k, m, _p(d2), _p(w), _p(y), _p(sp), _p(sn), _p(share), lam, int(unit),
                                 _p(a_row), _p(a_col), _threads())
     return a_row, a_col
@@ -104,7 +107,7 @@ def rll_coefficients(d2, w, y, sp, sn, share, lam: float, unit: bool, with_colum
 
 def _near_outputs(near):
     count = near.shape[0]  # zeroed: each side writes only its own pairs' entries
-    return count, torch.zeros(count, dtype=torch.float64), torch.zeros(count, dtype=torch.float64)
+    return count, *(torch.zeros(count, dtype=torch.float64, device=CPU) for _ in range(2))
 
 
 def rll_sparse_gradient(d2, w, y, sp, sn, share, lam: float, unit: bool, columns: bool, f, af, rowsum, near):
@@ -130,7 +133,7 @@ def osm_terms(d2, y, s, margin, mean, sigma, inv_divider, sums):
 def osm_coefficients(d2, raw, y, s, margin, alpha, eps_neg, twice_pos, twice_neg):
     """Pass 2 of OSM+CAA (``osm_coefficients``): the symmetric a (float64)."""
     k, m = d2.shape
-    a = torch.empty(k, m, dtype=torch.float64)
+    a = torch.empty(k, m, dtype=torch.float64, device=CPU)
     _kernels().osm_coefficients(k, m, _p(d2), _p(raw), _p(y), _p(s), margin, alpha, eps_neg, twice_pos,
                                 twice_neg, _p(a), _threads())
     return a
@@ -150,7 +153,7 @@ def osm_sparse_gradient(d2, raw, y, s, margin, alpha, eps_neg, twice_pos, twice_
 def squared_norms(f):
     """|f_i|^2 (float64) of float32 rows (``squared_norms``)."""
     f = f.contiguous()
-    out = torch.empty(f.shape[0], dtype=torch.float64)
+    out = torch.empty(f.shape[0], dtype=torch.float64, device=CPU)
     _kernels().squared_norms(f.shape[0], f.shape[1], _p(f), _p(out), _threads())
     return out
 
@@ -158,8 +161,8 @@ def squared_norms(f):
 def gram_distances(g, sq, near_scale, cap: int):
     """(d2 float32, the near pairs found: (count <= cap, 2) int64) of a Gram block (``gram_distances``)."""
     k, m = g.shape
-    d2 = torch.empty(k, m, dtype=torch.float32)
-    near = torch.empty(cap, 2, dtype=torch.int64)
+    d2 = torch.empty(k, m, dtype=torch.float32, device=CPU)
+    near = torch.empty(cap, 2, dtype=torch.int64, device=CPU)
     found = _kernels().gram_distances(k, m, _p(g), _p(sq), _p(near_scale), _p(d2), cap, _p(near), _threads())
     return d2, near[:_allocated(found)]
 
@@ -167,7 +170,7 @@ def gram_distances(g, sq, near_scale, cap: int):
 def combine_gradient(f64, rowsum, af):
     """float32 f * rowsum - af (``combine_gradient``)."""
     n, dim = f64.shape
-    out = torch.empty(n, dim, dtype=torch.float32)
+    out = torch.empty(n, dim, dtype=torch.float32, device=CPU)
     _kernels().combine_gradient(n, dim, _p(f64), _p(rowsum), _p(af), _p(out), _threads())
     return out
 
@@ -177,7 +180,7 @@ def l2_normalize_forward(x2, eps: float):
     n, dim = x2.shape
     x2 = x2.contiguous()
     y = torch.empty_like(x2)
-    scale = torch.empty(n, 1, dtype=torch.float32)
+    scale = torch.empty(n, 1, dtype=torch.float32, device=CPU)
     _kernels().l2_normalize_forward(n, dim, _p(x2), eps, _p(y), _p(scale), _threads())
     return y, scale
 

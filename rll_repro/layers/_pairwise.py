@@ -151,8 +151,8 @@ class PairBlocks:
         block row, then f, af and rowsum from row r0 on) adds them and returns the near pairs' (a_row,
         a_col) for the difference-vector terms added here."""
         n, dim = self.f64.shape
-        af = torch.zeros(n, dim, dtype=F64)
-        rowsum = torch.zeros(n, dtype=F64)
+        af = torch.zeros(n, dim, dtype=F64, device=self.f64.device)
+        rowsum = torch.zeros(n, dtype=F64, device=self.f64.device)
         for number, blk in enumerate(self.rows):
             r0 = blk.r0
             c_row, c_col = kernel(number, blk, self.f64[r0:], af[r0:], rowsum[r0:])

@@ -131,10 +131,10 @@ def osm_caa_value_and_grad(emb: torch.Tensor, labels: torch.Tensor, scores: torc
 def _osm_caa_native(pairs: PairBlocks, ids, s, margin, sigma, mean, top_diff, need_grad):
     """osm_caa_value_and_grad's passes in C (pair_kernels.c ``osm_terms``, ``osm_coefficients``): the
     same float operations, raw kept, d, hinge and c recomputed from d2 and the scores."""
-    n, dt = pairs.n, torch.float32
+    n, dt, device = pairs.n, torch.float32, pairs.f64.device
     p = n * (n - 1) // 2
     mean, sigma, inv_divider = _pdf_constants(mean, sigma, dt)
-    sums = torch.zeros(3, dtype=F64)  # value terms, raw c over all / positive pairs (both orders)
+    sums = torch.zeros(3, dtype=F64, device=device)  # value terms, raw c over all / positive pairs (both orders)
     kept = [native.osm_terms(blk.d2, ids[blk.r0:], s[blk.r0:], margin, mean, sigma, inv_divider, sums)
             for blk in pairs.rows]
     sparse = pairs.sparse_pays(sum(nonzeros for _, nonzeros in kept))
@@ -142,12 +142,12 @@ def _osm_caa_native(pairs: PairBlocks, ids, s, margin, sigma, mean, top_diff, ne
     # the scalar steps of the PyTorch path in numpy float32 (the same IEEE operations, no tensor ops)
     value_sum, set_sum, pos_set_sum = sums.tolist()
     fp = f32(p)
-    value = torch.tensor(f32(value_sum / 2) / fp / f32(2))
+    value = torch.tensor(f32(value_sum / 2) / fp / f32(2), device=device)
     if not need_grad:
         return value, None
     s_pos = f32(pos_set_sum / 2) + f32(EPS_SET)
     s_neg = f32((set_sum - pos_set_sum) / 2) + f32(EPS_SET)
-    alpha = float(f32(float(torch.as_tensor(top_diff))) / fp)
+    alpha = float(f32(float(torch.as_tensor(top_diff, device=device))) / fp)
     constants = margin, alpha, EPS_NEG, 2 * float(s_pos), 2 * float(s_neg)
 
     def coefficients():

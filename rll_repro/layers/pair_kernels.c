@@ -2,8 +2,9 @@
  * (rows r0 .. r0+k-1 against columns r0 .. r0+m-1, row-major k x m; columns 0 .. k-1 are the diagonal
  * block). One pass where the PyTorch path makes one pass per operation; every float operation is the
  * float32 operation the PyTorch path (and Caffe) performs, in the same order, so the two paths agree
- * bit for bit except for powf/exp (libm here, SLEEF or CUDA's there: within an ulp) and the order of
- * the float64 sums. Built with -ffp-contract=off and no fast-math: nothing is fused or reassociated.
+ * bit for bit except for powf/exp (libm here, SLEEF or CUDA's there: within an ulp), sqrtf (correctly
+ * rounded here, as Caffe's; torch's vectorised float sqrt can be an ulp off) and the order of the
+ * float64 sums. Built with -ffp-contract=off and no fast-math: nothing is fused or reassociated.
  *
  * Labels are int64 class ids (equal ids <=> equal labels). Sums are float64 accumulators the caller
  * owns (added to, not overwritten). A pair (i, j) of the diagonal block appears in both orders; a pair
@@ -18,7 +19,8 @@
  * PyTorch's own, whose threads are already spinning after its last GEMM) and adds each chunk's
  * accumulators in chunk order, so the results are the same for every thread count (and without
  * OpenMP, where the pragmas are ignored). */
-static int64_t chunk_rows(int64_t k) { int64_t s = (k + 7) / 8; return s < 32 ? 32 : s; }
+#define MAX_CHUNKS 8 /* the per-chunk arrays below are this long */
+static int64_t chunk_rows(int64_t k) { int64_t s = (k + MAX_CHUNKS - 1) / MAX_CHUNKS; return s < 32 ? 32 : s; }
 static int64_t chunk_count(int64_t k) { return (k + chunk_rows(k) - 1) / chunk_rows(k); }
 static int64_t chunk_end(int64_t k, int64_t c) { int64_t e = (c + 1) * chunk_rows(k); return e < k ? e : k; }
 
@@ -50,7 +52,7 @@ static double dot64(int64_t dim, const float *a, const float *b, int exact)
     return s;
 }
 
-/* RLL (SPEC rll 1.1-1.5), pass 1: w = pow(base, T t) where t > 0 (t = d - pb for positives, nb - d
+/* RLL (SPEC rll 1.1-1.5), pass 1 over rows i0 .. i1-1: w = pow(base, T t) where t > 0 (t = d - pb for positives, nb - d
  * for negatives; the diagonal 0) into w_out; per-anchor float64 sums of w over all / positive pairs
  * for the rows (row_all, row_pos) and, for columns k.., the columns (col_all, col_pos, indexed by
  * column); *total += sum over both orders of the squared value hinge (thresholds vlo / vhi, or t
@@ -100,6 +102,8 @@ static int64_t rll_weights_rows(int64_t k, int64_t m, int64_t i0, int64_t i1, co
     return nonzeros;
 }
 
+/* rll_weights_rows over the row chunks (each with its own column sums, total and count, added in
+ * chunk order); returns the number of nonzero w, or -1 without memory for the chunks' sums. */
 int64_t rll_weights(int64_t k, int64_t m, const float *d2, const int64_t *y, float pb, float nb, float tp,
                     float tn, float bp, float bn, int same_bounds, float vlo, float vhi, float *w_out,
                     double *row_all, double *row_pos, double *col_all, double *col_pos, double *total, int threads)
@@ -129,12 +133,10 @@ int64_t rll_weights(int64_t k, int64_t m, const float *d2, const int64_t *y, flo
     return nonzeros;
 }
 
-/* RLL pass 2: the signed coefficients K_ij = ((0.5 w / S_i) * share_i) * scale (S_i = S+_i for
- * positives, -S-_i for negatives), scale = float(1 / (double(d) + 1e-6)) * lam (unit direction, V12)
- * or lam (raw difference, CVPR era), as float64, row anchor into a_row and, where a_col is not NULL,
- * the column anchor (its own S, share) for columns k.. into a_col. The diagonal is 0. sp, sn, share
+/* RLL's signed coefficient of one pair for the anchor a (the row i, or the column j): K = ((0.5 w /
+ * S_a) * share_a) * scale (S_a = S+_a for positives, -S-_a for negatives), scale = float(1 /
+ * (double(d) + 1e-6)) * lam (unit direction, V12) or lam (raw difference, CVPR era); sp, sn, share
  * are indexed like the columns (global r0 ..). */
-/* One pair's coefficient for the anchor a (the row i, or the column j): ((0.5 w / S_a) * share_a) * scale. */
 static double rll_coefficient(float w, float d2, int same, int64_t a, const float *sp, const float *sn,
                               const float *share, float lam, int unit)
 {
@@ -143,6 +145,8 @@ static double rll_coefficient(float w, float d2, int same, int64_t a, const floa
     return (double)(hw / (same ? sp[a] : -sn[a]) * share[a] * scale);
 }
 
+/* RLL pass 2, dense: K as float64, row anchor into a_row and, where a_col is not NULL, the column
+ * anchor for columns k.. into a_col; the diagonal (and a_col's diagonal block) 0. */
 void rll_coefficients(int64_t k, int64_t m, const float *d2, const float *w, const int64_t *y,
                       const float *sp, const float *sn, const float *share, float lam, int unit,
                       double *a_row, double *a_col, int threads)
@@ -158,7 +162,7 @@ void rll_coefficients(int64_t k, int64_t m, const float *d2, const float *w, con
         }
 }
 
-/* OSM+CAA (SPEC osm 2.1-2.3), pass 1: hinge = max(m - d, 0); raw = the Gaussian pdf of d for
+/* OSM+CAA (SPEC osm 2.1-2.3), pass 1 over rows i0 .. i1-1: hinge = max(m - d, 0); raw = the Gaussian pdf of d for
  * positives (q = (d - mean) / sigma, or d / sigma when mean is 0; float((double)((q * -0.5) * q)
  * exp * inv_divider)), the hinge for negatives, into raw_out; sums[0] += both orders of the value
  * terms (d^2 for positives, hinge^2 for negatives), sums[1] / sums[2] += both orders of raw * c over
@@ -207,11 +211,12 @@ static int64_t osm_terms_rows(int64_t k, int64_t m, int64_t i0, int64_t i1, cons
     return nonzeros;
 }
 
+/* osm_terms_rows over the row chunks (each with its own sums, added in chunk order). */
 int64_t osm_terms(int64_t k, int64_t m, const float *d2, const int64_t *y, const float *s, float margin,
                   float mean, float sigma, double inv_divider, float *raw_out, double *sums, int threads)
 {
     const int64_t chunks = chunk_count(k);
-    double part[8][4] = {{0.0}}; /* per chunk: the three sums and the count (chunk_count <= 8) */
+    double part[MAX_CHUNKS][4] = {{0.0}}; /* per chunk: the three sums and the count */
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t c = 0; c < chunks; c++)
         part[c][3] = (double)osm_terms_rows(k, m, c * chunk_rows(k), chunk_end(k, c), d2, y, s, margin, mean, sigma,
@@ -225,10 +230,9 @@ int64_t osm_terms(int64_t k, int64_t m, const float *d2, const int64_t *y, const
     return nonzeros;
 }
 
-/* OSM pass 2: a_ij = float(double(raw) * double(c) / (2 S)) * coef (S = S+ for positives, S- for
- * negatives; coef = alpha for positives, (hinge * -alpha) / (d + eps_neg) for negatives), float64,
- * symmetric, diagonal 0. */
-/* One pair's (symmetric) coefficient. */
+/* OSM's (symmetric) coefficient of one pair: a = float(double(raw) * double(c) / (2 S)) * coef (S = S+
+ * for positives, S- for negatives; coef = alpha for positives, (hinge * -alpha) / (d + eps_neg) for
+ * negatives). */
 static double osm_coefficient(float d2, float raw, int same, float si, float sj, float margin, float alpha,
                               float eps_neg, double twice_pos, double twice_neg)
 {
@@ -241,6 +245,7 @@ static double osm_coefficient(float d2, float raw, int same, float si, float sj,
     return (double)(w * coef);
 }
 
+/* OSM pass 2, dense: a as float64, diagonal 0. */
 void osm_coefficients(int64_t k, int64_t m, const float *d2, const float *raw, const int64_t *y,
                       const float *s, float margin, float alpha, float eps_neg, double twice_pos,
                       double twice_neg, double *a, int threads)
@@ -262,11 +267,8 @@ void squared_norms(int64_t n, int64_t dim, const float *f, double *out, int thre
         out[i] = dot64(dim, f + i * dim, f + i * dim, 1);
 }
 
-/* A Gram block g (float64 k x m, holding |f_i|^2 - 2 f_i.f_j) into squared distances: d2 = float(max(g
- * + |f_j|^2, 0)), the diagonal block made symmetric (the minimum of both orders; this writes g's
- * diagonal block) with its diagonal 0. Near pairs, d2 < ns_i + ns_j (float sum; the diagonal
- * excluded), are listed in row-major order as local (i, j) into near (2 * cap int64, left as given
- * past the count). Returns the number of near pairs found, at most cap. */
+/* Rows i0 .. i1-1 of gram_distances (its diagonal block already clamped): their d2 and their first
+ * cap near pairs in row-major order; returns how many. */
 static int64_t gram_rows(int64_t k, int64_t m, int64_t i0, int64_t i1, const double *g, const double *sq,
                          const float *ns, float *d2, int64_t cap, int64_t *near)
 {
@@ -294,6 +296,11 @@ static int64_t gram_rows(int64_t k, int64_t m, int64_t i0, int64_t i1, const dou
     return found;
 }
 
+/* A Gram block g (float64 k x m, holding |f_i|^2 - 2 f_i.f_j) into squared distances: d2 = float(max(g
+ * + |f_j|^2, 0)), the diagonal block made symmetric (the minimum of both orders; this writes g's
+ * diagonal block) with its diagonal 0. Near pairs, d2 < ns_i + ns_j (float sum; the diagonal
+ * excluded), are listed in row-major order as local (i, j) into near (2 * cap int64). Returns the
+ * number of near pairs listed (the first cap), or -1 without memory for the chunks' lists. */
 int64_t gram_distances(int64_t k, int64_t m, double *g, const double *sq, const float *ns, float *d2,
                        int64_t cap, int64_t *near, int threads)
 {
@@ -303,8 +310,8 @@ int64_t gram_distances(int64_t k, int64_t m, double *g, const double *sq, const 
             g[i * m + j] = v != v ? v : (v < 0.0 ? 0.0 : v);
         }
     const int64_t chunks = chunk_count(k);
-    int64_t found[8] = {0};
-    int64_t *lists = malloc((size_t)(chunks * (2 * cap + 1)) * sizeof(int64_t));
+    int64_t found[MAX_CHUNKS] = {0};
+    int64_t *lists = malloc((size_t)(chunks * 2 * cap + 1) * sizeof(int64_t)); /* + 1: cap may be 0 */
     if (!lists)
         return -1;
 #pragma omp parallel for num_threads(threads) schedule(static)

@@ -184,10 +184,10 @@ def _rll_native(pairs: PairBlocks, ids, params: RLLParams, top_diff, era: str, n
     """_rll_value_and_grad's passes in C (pair_kernels.c ``rll_weights``, then ``rll_coefficients`` or,
     with few active pairs, ``rll_sparse_gradient``): the same float operations, w kept, d recomputed
     from d2."""
-    n, dt = pairs.n, torch.float32
+    n, dt, device = pairs.n, torch.float32, pairs.f64.device
     bounds, value_bounds = _boundaries(params, era)
-    total = torch.zeros((), dtype=F64)
-    all_sum, pos_sum = torch.zeros(n, dtype=F64), torch.zeros(n, dtype=F64)
+    total = torch.zeros((), dtype=F64, device=device)
+    all_sum, pos_sum = torch.zeros(n, dtype=F64, device=device), torch.zeros(n, dtype=F64, device=device)
     differ = None if need_grad and value_bounds == bounds else value_bounds
     scales = params.scale_p, params.scale_n, params.base_p, params.base_n
     kept = [native.rll_weights(blk.d2, ids[blk.r0:], *bounds, *scales, differ, all_sum[blk.r0:blk.r1],
@@ -199,7 +199,7 @@ def _rll_native(pairs: PairBlocks, ids, params: RLLParams, top_diff, era: str, n
     sparse = pairs.sparse_pays(sum(nonzeros for _, nonzeros in kept))
     kept = [w for w, _ in kept]
     sp, sn, share = _anchor_sums(all_sum, pos_sum, dt)
-    lam = float(torch.as_tensor(top_diff).detach().reshape(()).to(dt))
+    lam = float(torch.as_tensor(top_diff, device=device).detach().reshape(()).to(dt))
 
     def shares(r0):
         return ids[r0:], sp[r0:], sn[r0:], share[r0:], lam, era == "v12"
