@@ -41,6 +41,34 @@ def enabled() -> bool:
     return os.environ.get("RLL_REPRO_NATIVE", "1").strip() not in ("0", "false", "no", "off")
 
 
+def plain_cpu_float32(t) -> bool:
+    """A real float32 CPU tensor whose memory C may read: not meta, fake or functorch-wrapped (those
+    keep their PyTorch paths), and native kernels not turned off."""
+    import torch
+
+    if t.dtype != torch.float32 or t.device.type != "cpu" or not enabled():
+        return False
+    return not (isinstance(t, torch._subclasses.fake_tensor.FakeTensor)
+                or torch._C._functorch.is_functorch_wrapped_tensor(t))
+
+
+def pointer(t, what: str):
+    """The data pointer of a contiguous CPU tensor for a C kernel (None stays None); anything else
+    would be read out of bounds by C, so it raises ValueError naming ``what``."""
+    if t is None:
+        return None
+    if t.device.type != "cpu" or not t.is_contiguous():
+        raise ValueError(f"{what} take contiguous CPU tensors, got {t.device} strides {t.stride()}")
+    return t.data_ptr()
+
+
+def threads() -> int:
+    """The OpenMP threads a kernel may use: torch's intra-op count (the kernels share its runtime)."""
+    import torch
+
+    return torch.get_num_threads()
+
+
 def _compiler() -> str | None:
     cc = os.environ.get("CC", "").strip()
     for candidate in ([cc] if cc else []) + ["cc", "gcc", "clang"]:

@@ -44,11 +44,7 @@ def status() -> str:
 
 def usable(emb: torch.Tensor) -> bool:
     """Whether the C passes run for these embeddings: a real float32 CPU tensor and the kernels built."""
-    if emb.dtype != torch.float32 or emb.device.type != "cpu" or not native.enabled():
-        return False
-    if isinstance(emb, torch._subclasses.fake_tensor.FakeTensor) or torch._C._functorch.is_functorch_wrapped_tensor(emb):
-        return False
-    return _kernels() is not None
+    return native.plain_cpu_float32(emb) and _kernels() is not None
 
 
 def class_ids(labels: torch.Tensor) -> torch.Tensor | None:
@@ -62,9 +58,7 @@ def class_ids(labels: torch.Tensor) -> torch.Tensor | None:
     return torch.unique(y, return_inverse=True)[1].to(torch.int64).contiguous()
 
 
-def _threads() -> int:
-    """The OpenMP threads a pass may use: torch's intra-op count (the kernels share its runtime)."""
-    return torch.get_num_threads()
+_threads = native.threads
 
 
 def _allocated(result: int) -> int:
@@ -75,12 +69,7 @@ def _allocated(result: int) -> int:
 
 
 def _p(t: torch.Tensor | None):
-    """The data pointer of a contiguous CPU tensor (anything else would be read out of bounds by C)."""
-    if t is None:
-        return None
-    if t.device.type != "cpu" or not t.is_contiguous():
-        raise ValueError(f"pair kernels take contiguous CPU tensors, got {t.device} strides {t.stride()}")
-    return t.data_ptr()
+    return native.pointer(t, "pair kernels")
 
 
 def rll_weights(d2, y, pb, nb, tp, tn, bp, bn, value_bounds, row_all, row_pos, col_all, col_pos, total):

@@ -101,13 +101,24 @@ class BatchNorm(Layer):
         var = par.all_reduce_sum((centred * centred).sum(dims)) / m
         y = (centred * torch.rsqrt(var + self.eps).reshape(1, -1, 1, 1)).to(x4.dtype)
         with torch.no_grad():
-            lam = self.moving_average_fraction
             correction = torch.where(m > 1, m / (m - 1), torch.ones_like(m))
+            self.update_running(mean.detach().to(self.blobs[0].dtype), (var.detach() * correction).to(self.blobs[1].dtype))
+        return y
+
+    def chain_ready(self) -> bool:
+        """Whether this layer's forward uses the batch statistics of one process (TRAIN, not global
+        statistics, no data-parallel reduction): the case batchnorm_chain.py runs with the next layers."""
+        return not self.use_global_stats and self.ctx.parallel is None
+
+    def update_running(self, batch_mean: torch.Tensor, batch_var: torch.Tensor) -> None:
+        """Caffe's running sums after a TRAIN forward: s <- λ·s + 1, M <- λ·M + μ, V <- λ·V + the
+        unbiased batch variance ``batch_var``."""
+        with torch.no_grad():
+            lam = self.moving_average_fraction
             mean_sum, var_sum, factor = self.blobs[0], self.blobs[1], self.blobs[2]
             factor.mul_(lam).add_(1.0)
-            mean_sum.mul_(lam).add_(mean.detach().to(mean_sum.dtype))
-            var_sum.mul_(lam).add_((var.detach() * correction).to(var_sum.dtype))
-        return y
+            mean_sum.mul_(lam).add_(batch_mean)
+            var_sum.mul_(lam).add_(batch_var)
 
     def param_spec_overrides(self):
         if self.ctx.dialect.bn_blobs_learnable:
@@ -126,8 +137,8 @@ class BatchNorm(Layer):
         x4 = x.reshape(shape[0], self.channels, -1) if x.dim() != 4 else x
         if x4.dim() == 3:
             x4 = x4.unsqueeze(-1)
-        mean_sum, var_sum, factor = self.blobs[0], self.blobs[1], self.blobs[2]
         if self.use_global_stats:
+            mean_sum, var_sum, factor = self.blobs[0], self.blobs[1], self.blobs[2]
             with torch.no_grad():
                 s = factor.detach()[0]
                 scale = torch.where(s == 0, torch.zeros_like(s), 1.0 / s)
@@ -153,11 +164,7 @@ class BatchNorm(Layer):
             batch_mean = x4.detach().mean(dim=(0, 2, 3))
             batch_var = torch.zeros_like(batch_mean)
             y = (x4 - x4.mean(dim=(0, 2, 3), keepdim=True)) * (self.eps ** -0.5)
-        with torch.no_grad():
-            lam = self.moving_average_fraction
-            factor.mul_(lam).add_(1.0)
-            mean_sum.mul_(lam).add_(batch_mean)
-            var_sum.mul_(lam).add_(batch_var)
+        self.update_running(batch_mean, batch_var)
         if fusable:
             # a Scale reading y may take the backward of both layers in one pass (scale.py)
             y.batch_norm_input = (x4, batch_mean, invstd, self.eps)

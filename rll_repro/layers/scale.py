@@ -135,9 +135,13 @@ class Scale(Layer):
             raise fail(self.param, f"bottom shape {tuple(bottom_shapes[0])} needs a scale of shape {shape}, the layer has {self.operand_shape}")
         return [tuple(bottom_shapes[0])]
 
+    def channelwise_bias(self) -> bool:
+        """One γ and one β per channel (axis 1) held by the layer: what follows every BatchNorm."""
+        return self.bias_term and not self.two_bottoms and self.axis == 1 and len(self.operand_shape) == 1
+
     def forward(self, x, *rest):
         ndim = x.dim()
-        channelwise = self.bias_term and not self.two_bottoms and self.axis == 1 and len(self.operand_shape) == 1
+        channelwise = self.channelwise_bias()
         bn = getattr(x, "batch_norm_input", None)  # set by a BatchNorm of this very forward (batchnorm.py)
         if bn is not None and channelwise:
             x0, mean, invstd, eps = bn

@@ -126,6 +126,8 @@ class Engine:
                 shapes[t] = tuple(int(d) for d in s)
         for name, shape in shapes.items():
             if self._blob_shapes.get(name) != shape or name not in self.inputs:
+                if self._blob_shapes.get(name) != shape:  # a fused chain's top of the old shape
+                    self._chain_tops.pop(name, None)
                 self._blob_shapes[name] = shape
                 if name not in self.inputs:
                     old = self._data.get(name)
@@ -144,9 +146,11 @@ class Engine:
         latest: dict[str, torch.Tensor] = {}  # alias root -> last tensor written (the data)
         root_of = self._alias_root
         if start > 0:  # pycaffe's forward(start=...): earlier blobs keep their data
+            self._materialize_chain_tops()
             data.update({k: v.detach() for k, v in self._data.items()})
         else:  # drop the previous pass's activations and diffs before making new ones (peak memory)
             self._data = {name: self._data[name] for name in self.inputs}
+            self._chain_tops = {}
             self._diff, self._first, self._grads, self._loss_tops = {}, {}, {}, []
         for name in self.inputs:
             t = self._data[name]
@@ -163,9 +167,25 @@ class Engine:
                 if t.requires_grad:
                     t.register_hook(functools.partial(grads.__setitem__, name))
         total = None
-        for step in self._steps[start:end]:
+        steps = self._steps
+        stop = len(steps) if end is None else min(end, len(steps))
+        k = start
+        while k < stop:
+            step = steps[k]
+            k += 1
             if getattr(step.layer, "is_input", False):
                 continue
+            chain = step.chain if self.ctx.fuse_backward and self.parallel is None else None
+            if chain is not None and chain.start + chain.length <= stop:
+                fused = self._run_chain(chain, data[step.bottoms[0]])
+                if fused is not None:
+                    for t_name, t in fused.items():
+                        root = root_of[t_name]
+                        first.setdefault(root, t)
+                        data[t_name] = t
+                        latest[root] = t
+                    k = chain.start + chain.length
+                    continue
             xs = [data[b] if p else data[b].detach() for b, p in zip(step.bottoms, step.propagate)]
             gathered = runs_gathered(step.layer) if self.parallel is not None else None
             if gathered:  # a loss/Accuracy/L1-Normalization layer of a data-parallel net sees the global batch
@@ -212,6 +232,31 @@ class Engine:
         self._forward_loss = total if total is not None else torch.zeros((), dtype=torch.float64, device=self.device)
         return data
 
+    def _run_chain(self, chain, x: torch.Tensor) -> dict[str, torch.Tensor] | None:
+        """A BatchNorm -> Scale (-> ReLU) chain in one operation (rll_repro.layers.batchnorm_chain):
+        {top: tensor} for the tops whose blob holds the chain's output; the blobs of the intermediate
+        tops are recomputed when read (``_chain_tops``). None where the chain does not run fused."""
+        from rll_repro.layers import batchnorm_chain
+
+        steps = self._steps[chain.start:chain.start + chain.length]
+        fused = batchnorm_chain.run(steps[0].layer, steps[1].layer, chain.relu, x)
+        if fused is None:
+            return None
+        out, recompute = fused
+        stage_of = {}  # each blob's last writer in the chain: 0 BatchNorm, 1 Scale, 2 ReLU
+        for stage, step in enumerate(steps):
+            stage_of[step.tops[0]] = stage
+        last = len(steps) - 1
+        for name, stage in stage_of.items():
+            if stage != last:
+                self._chain_tops[name] = functools.partial(recompute, stage)
+        return {name: out for name, stage in stage_of.items() if stage == last}
+
+    def _materialize_chain_tops(self) -> None:
+        """Every intermediate top of the last forward's fused chains, computed into its blob."""
+        for name in list(self._chain_tops):
+            self._blob_data(name)
+
     # -- backward ----------------------------------------------------------------------------------
 
     def _run_backward(self, top_diffs: Mapping[str, torch.Tensor] | None = None,
@@ -231,7 +276,7 @@ class Engine:
                 grads.append(torch.full_like(t, weight))
             seeded.add(name)
         for name, g in top_diffs.items():
-            t = self._data[name]
+            t = self._blob_data(name)
             self._diff[name] = g
             if t.requires_grad:
                 roots.append(t)
@@ -240,7 +285,7 @@ class Engine:
         for name, g in (hand_set or {}).items():
             if name in seeded:
                 continue
-            t = self._data[name]
+            t = self._blob_data(name)
             if t.requires_grad and g.shape == t.shape:
                 roots.append(t)
                 grads.append(g.clone())

@@ -179,6 +179,8 @@ class PycaffeFacade:
 
     def _blob_data(self, name: str) -> torch.Tensor:
         t = self._data.get(name)
+        if t is None and name in self._chain_tops:  # an intermediate top of a fused chain (engine.py)
+            t = self._data[name] = self._chain_tops.pop(name)().detach()
         if t is None:
             if name not in self._blob_shapes:
                 raise KeyError(name)
@@ -220,6 +222,7 @@ class PycaffeFacade:
             raise NetError(f"no blob named {name!r}")
         self._blob_shapes[name] = shape
         self._data[name] = self._zeros(shape)
+        self._chain_tops.pop(name, None)
         self._diff.pop(name, None)
         self._mirrors.pop((name, "data"), None)
         self._mirrors.pop((name, "diff"), None)

@@ -1,0 +1,66 @@
+"""Layer chains the net may run as one operation on the solver path: BatchNorm -> Scale (-> ReLU).
+
+A chain is fused only where nothing can tell: consecutive layers, each reading the previous one's top
+and nothing else reading that version of the blob, no propagate_down 0, no loss weight, no blob
+shared with a Reshape/Flatten. Whether it runs fused is decided per forward (the net keeps no blob
+diffs, the input is a channels_last float32 CPU tensor, the C kernels are built:
+rll_repro.layers.batchnorm_chain); otherwise its layers run one by one as always.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Chain:
+    """Steps ``start`` .. ``start + length - 1`` of the plan: BatchNorm, Scale and, when ``relu``, ReLU."""
+
+    start: int
+    length: int
+    relu: bool
+
+
+def _version_readers(plan) -> dict[tuple[str, int], int]:
+    """How many layers read each (blob, version), a version being the index of the step that wrote it."""
+    writer: dict[str, int] = {name: -1 for name in plan.inputs}
+    readers: dict[tuple[str, int], int] = {}
+    for k, step in enumerate(plan.steps):
+        for b in step.bottoms:
+            key = (b, writer.get(b, -1))
+            readers[key] = readers.get(key, 0) + 1
+        for t in step.tops:
+            writer[t] = k
+    return readers
+
+
+def _single(step, type_name: str) -> bool:
+    return (step.layer.param.type == type_name and len(step.bottoms) == 1 and len(step.tops) == 1
+            and all(step.propagate) and not any(step.loss_weights))
+
+
+def _own_memory(plan, name: str) -> bool:
+    return plan.alias_root.get(name) == name and name not in plan.alias_groups
+
+
+def plan_chains(plan) -> None:
+    """Mark each fusable BatchNorm -> Scale (-> ReLU with negative_slope 0) on its first step
+    (``step.chain``); the net's outputs and loss tops are never an intermediate top."""
+    readers = _version_readers(plan)
+    outputs = set(plan.outputs) | set(plan.loss_tops)
+    steps = plan.steps
+    for k in range(len(steps) - 1):
+        bn, scale = steps[k], steps[k + 1]
+        if not (_single(bn, "BatchNorm") and _single(scale, "Scale") and scale.bottoms == bn.tops):
+            continue
+        top = bn.tops[0]
+        if readers.get((top, k)) != 1 or top in outputs or not _own_memory(plan, top):
+            continue
+        if not scale.layer.channelwise_bias() or not _own_memory(plan, scale.tops[0]):
+            continue
+        relu = False
+        if k + 2 < len(steps):
+            act = steps[k + 2]
+            relu = (_single(act, "ReLU") and act.bottoms == scale.tops and act.layer.negative_slope == 0.0
+                    and readers.get((scale.tops[0], k + 1)) == 1 and scale.tops[0] not in outputs
+                    and _own_memory(plan, act.tops[0]))
+        bn.chain = Chain(k, 3 if relu else 2, relu)
