@@ -1,11 +1,11 @@
 /* Caffe's BatchNorm (TRAIN, batch statistics) -> Scale (per channel, bias_term) -> ReLU (optional,
  * negative_slope 0) over a channels_last float32 tensor, seen as `rows` = N*H*W rows of `c` channels
- * (row r, channel j at p[r * stride + j]). One pass per statistic and one elementwise pass forward,
- * two passes backward, where the layers make one or more passes each; every float operation is the
+ * (row r, channel j at p[r * stride + j]). One pass for the statistics and one elementwise pass
+ * forward, two passes backward, where the layers make one or more passes each; every float operation is the
  * one Caffe's layers perform, in their order (batch_norm_layer.cpp, scale_layer.cpp, bias_layer.cpp,
  * relu_layer.cpp):
  *
- *   forward   mean = sum(x) / m;  var = sum((x - mean)^2) / m;  std = sqrt(var + eps)
+ *   forward   mean = sum(x) / m;  var = sum((x - mean)^2) / m (see bn_statistics);  std = sqrt(var + eps)
  *             y = (x - mean) / std;  z = y * gamma + beta (two roundings);  out = max(z, 0)
  *   backward  gz = g * (out > 0);  dbeta = sum(gz);  dgamma = sum(gz * y);  dy = gz * gamma
  *             dx = (dy + (-1/m) * (y * sum(y * dy) + sum(dy))) / std
@@ -36,68 +36,56 @@ static int64_t chunk_count(int64_t rows) { return rows ? (rows + chunk_rows(rows
 /* Caffe's ReLU with negative_slope 0: std::max(z, 0) + 0 * std::min(z, 0) (NaN stays NaN, -0 stays -0). */
 static inline float relu(float z) { return z < 0.0f ? 0.0f : z; }
 
-/* Per-chunk sums of x over the chunk's rows, per channel, into acc (c doubles, zeroed here). */
+/* Per-chunk float64 sums of x - K and (x - K)^2 over the chunk's rows, per channel, about a shift K
+ * (the first row: one pass instead of two, without the cancellation of raw sums of squares). */
 VECTOR_CLONES
-static void chunk_sum(int64_t r0, int64_t r1, int64_t c, const float *x, int64_t xs, double *acc)
+static void chunk_moments(int64_t r0, int64_t r1, int64_t c, const float *x, int64_t xs, const float *shift,
+                          double *acc)
 {
-    memset(acc, 0, (size_t)c * sizeof(double));
-    for (int64_t r = r0; r < r1; r++) {
-        const float *xr = x + r * xs;
-        for (int64_t j = 0; j < c; j++)
-            acc[j] += (double)xr[j];
-    }
-}
-
-/* Per-chunk sums of (x - mean)^2 (the difference and its square rounded to float, as Caffe's
- * caffe_powx of the centred blob), per channel. */
-VECTOR_CLONES
-static void chunk_centred_squares(int64_t r0, int64_t r1, int64_t c, const float *x, int64_t xs,
-                                  const float *mean, double *acc)
-{
-    memset(acc, 0, (size_t)c * sizeof(double));
+    double *s1 = acc, *s2 = acc + c;
+    memset(acc, 0, 2 * (size_t)c * sizeof(double));
     for (int64_t r = r0; r < r1; r++) {
         const float *xr = x + r * xs;
         for (int64_t j = 0; j < c; j++) {
-            const float d = xr[j] - mean[j];
-            acc[j] += (double)(d * d);
+            const double d = (double)xr[j] - (double)shift[j];
+            s1[j] += d;
+            s2[j] += d * d;
         }
     }
 }
 
-/* The chunks' sums added in chunk order, divided by m and rounded to float. */
-static void finish_mean(int64_t chunks, int64_t c, const double *acc, double m, float *out)
-{
-    for (int64_t j = 0; j < c; j++) {
-        double s = 0.0;
-        for (int64_t k = 0; k < chunks; k++)
-            s += acc[k * c + j];
-        out[j] = (float)(s / m);
-    }
-}
-
-/* mean, var (biased) and std = sqrt(var + eps) of each channel over the rows: two passes over x.
- * Returns 0, or -1 when the scratch memory cannot be had. */
+/* mean, var (biased) and std = sqrt(var + eps) of each channel over the rows, in one pass over x.
+ * Caffe makes two: mean = sum(x) / m, then var = sum((x - mean)^2) / m with x - mean and its square
+ * rounded to float. Here sum((x - mean)^2) about the float mean is had from the shifted float64 sums
+ * (S2 - 2 (mean - K) S1 + m (mean - K)^2), which is its exact value up to float64 rounding: the
+ * float roundings of Caffe's terms (relative 2^-23 each) lie below the float32 summation error of its
+ * BLAS, and no order of that summation is Caffe's own. Returns 0, or -1 without scratch memory. */
 int bn_statistics(int64_t rows, int64_t c, const float *x, int64_t xs, float eps, float *mean, float *var,
                   float *std, int threads)
 {
     const int64_t chunks = chunk_count(rows), step = chunk_rows(rows);
-    double *acc = (double *)malloc((size_t)(chunks ? chunks : 1) * (size_t)c * sizeof(double));
+    double *acc = (double *)malloc((size_t)(chunks ? chunks : 1) * 2 * (size_t)c * sizeof(double));
     if (!acc)
         return -1;
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t k = 0; k < chunks; k++) {
         const int64_t r0 = k * step, r1 = r0 + step < rows ? r0 + step : rows;
-        chunk_sum(r0, r1, c, x, xs, acc + k * c);
+        chunk_moments(r0, r1, c, x, xs, x, acc + k * 2 * c);
     }
-    finish_mean(chunks, c, acc, (double)rows, mean);
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t k = 0; k < chunks; k++) {
-        const int64_t r0 = k * step, r1 = r0 + step < rows ? r0 + step : rows;
-        chunk_centred_squares(r0, r1, c, x, xs, mean, acc + k * c);
-    }
-    finish_mean(chunks, c, acc, (double)rows, var);
-    for (int64_t j = 0; j < c; j++)
+    const double m = (double)rows;
+    for (int64_t j = 0; j < c; j++) {
+        double s1 = 0.0, s2 = 0.0;
+        for (int64_t k = 0; k < chunks; k++) {
+            s1 += acc[(k * 2) * c + j];
+            s2 += acc[(k * 2 + 1) * c + j];
+        }
+        const double shift = (double)x[j];
+        mean[j] = (float)(shift + s1 / m);
+        const double offset = (double)mean[j] - shift;
+        const double centred = s2 - 2.0 * offset * s1 + m * offset * offset;
+        var[j] = (float)((centred > 0.0 ? centred : 0.0) / m);
         std[j] = sqrtf(var[j] + eps); /* caffe_add_scalar(eps), then caffe_powx(0.5) */
+    }
     free(acc);
     return 0;
 }
@@ -142,25 +130,22 @@ static inline float relu_gradient(float g, float y, float gamma, float beta)
     return g * (y * gamma + beta > 0.0f ? 1.0f : 0.0f);
 }
 
-/* Backward pass 1 over a chunk: per channel sum(gz), sum(gz * y), sum(dy), sum(y * dy) into acc
- * (4 x c doubles). beta == NULL: no ReLU (gz = g). */
+/* Backward pass 1 over a chunk: per channel sum(gz) and sum(gz * y) into acc (2 x c doubles).
+ * beta == NULL: no ReLU (gz = g). */
 VECTOR_CLONES
 static void chunk_gradient_sums(int64_t r0, int64_t r1, int64_t c, const float *g, int64_t gs, const float *x,
                                 int64_t xs, const float *mean, const float *std, const float *gamma,
                                 const float *beta, double *acc)
 {
-    double *s_gz = acc, *s_gzy = acc + c, *s_dy = acc + 2 * c, *s_ydy = acc + 3 * c;
-    memset(acc, 0, 4 * (size_t)c * sizeof(double));
+    double *s_gz = acc, *s_gzy = acc + c;
+    memset(acc, 0, 2 * (size_t)c * sizeof(double));
     for (int64_t r = r0; r < r1; r++) {
         const float *gr = g + r * gs, *xr = x + r * xs;
         for (int64_t j = 0; j < c; j++) {
             const float y = (xr[j] - mean[j]) / std[j];
             const float gz = beta ? relu_gradient(gr[j], y, gamma[j], beta[j]) : gr[j];
-            const float dy = gz * gamma[j];
             s_gz[j] += (double)gz;
             s_gzy[j] += (double)(gz * y);
-            s_dy[j] += (double)dy;
-            s_ydy[j] += (double)(y * dy);
         }
     }
 }
@@ -194,7 +179,7 @@ int bn_chain_backward(int64_t rows, int64_t c, const float *g, int64_t gs, const
                       float neg_inv_m, float *dx, float *dgamma, float *dbeta, int threads)
 {
     const int64_t chunks = chunk_count(rows), step = chunk_rows(rows);
-    double *acc = (double *)malloc((size_t)(chunks ? chunks : 1) * 4 * (size_t)c * sizeof(double));
+    double *acc = (double *)malloc((size_t)(chunks ? chunks : 1) * 2 * (size_t)c * sizeof(double));
     float *sums = (float *)malloc(2 * (size_t)c * sizeof(float));
     if (!acc || !sums) {
         free(acc);
@@ -204,18 +189,20 @@ int bn_chain_backward(int64_t rows, int64_t c, const float *g, int64_t gs, const
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t k = 0; k < chunks; k++) {
         const int64_t r0 = k * step, r1 = r0 + step < rows ? r0 + step : rows;
-        chunk_gradient_sums(r0, r1, c, g, gs, x, xs, mean, std, gamma, relu_beta, acc + k * 4 * c);
+        chunk_gradient_sums(r0, r1, c, g, gs, x, xs, mean, std, gamma, relu_beta, acc + k * 2 * c);
     }
     float *sum_dy = sums, *sum_ydy = sums + c;
     for (int64_t j = 0; j < c; j++) {
-        double s[4] = {0.0, 0.0, 0.0, 0.0};
-        for (int64_t k = 0; k < chunks; k++)
-            for (int q = 0; q < 4; q++)
-                s[q] += acc[(k * 4 + q) * c + j];
-        dbeta[j] = (float)s[0];
-        dgamma[j] = (float)s[1];
-        sum_dy[j] = (float)s[2];
-        sum_ydy[j] = (float)s[3];
+        double s_gz = 0.0, s_gzy = 0.0;
+        for (int64_t k = 0; k < chunks; k++) {
+            s_gz += acc[(k * 2) * c + j];
+            s_gzy += acc[(k * 2 + 1) * c + j];
+        }
+        dbeta[j] = (float)s_gz;
+        dgamma[j] = (float)s_gzy;
+        /* sum(dy) = gamma sum(gz) and sum(y dy) = gamma sum(gz y), rounded once */
+        sum_dy[j] = (float)((double)gamma[j] * s_gz);
+        sum_ydy[j] = (float)((double)gamma[j] * s_gzy);
     }
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t k = 0; k < chunks; k++) {
