@@ -2,7 +2,9 @@
 
 When no blob diff is kept (Net.forward_backward, the solver's step), a channel-wise Scale with bias
 that reads a TRAIN BatchNorm's channels_last CPU output differentiates both layers in one ATen
-BatchNorm backward. It must change nothing but float32 summation order: the forward values are the
+BatchNorm backward, where the whole BatchNorm -> Scale -> ReLU chain does not run in C
+(rll_repro/layers/batchnorm_chain.py, tested in test_layers_batchnorm_chain.py): here with the C
+kernels turned off (``RLL_REPRO_NATIVE=0``). It must change nothing but float32 summation order: the forward values are the
 same tensors, the parameter gradients agree with the two-layer backward (pycaffe path, every blob
 diff kept) within 1e-5 of each array's largest value (the sums over 4 x 6 x 6 values are ordered
 differently; the conv bias before the BatchNorm is rounding noise in both, held against 1e-2 of the
@@ -51,6 +53,7 @@ def _step(net, keep):
 
 @pytest.fixture()
 def fused_calls(monkeypatch):
+    monkeypatch.setenv("RLL_REPRO_NATIVE", "0")  # no C chain: the layers' own fused backward
     calls = []
     backward = scale._BatchNormScaleBias.backward
     monkeypatch.setattr(scale._BatchNormScaleBias, "backward",
@@ -71,7 +74,8 @@ def test_fused_backward_gives_the_two_layer_gradients(fused_calls):
     assert np.abs(fused["sc/0"]).max() > 0 and np.abs(fused["conv/0"]).max() > 0
 
 
-def test_fused_path_keeps_running_statistics_and_blob_data():
+def test_fused_path_keeps_running_statistics_and_blob_data(monkeypatch):
+    monkeypatch.setenv("RLL_REPRO_NATIVE", "0")
     a, b = _net(), _net()
     _step(a, keep=True)
     _step(b, keep=None)

@@ -1,0 +1,76 @@
+"""MAX pooling of channels_last float32 CPU tensors in C (pool_kernels.c) when a gradient is wanted:
+the same values, indices and gradients as PyTorch's CPU kernel bit for bit, with the backward as a
+gather (each input cell written once) instead of a zero fill and a scatter. Elsewhere (GPU, meta or
+fake tensors, NCHW, float64, no gradient, no C compiler) rll_repro.layers.pooling calls
+``F.max_pool2d``."""
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+
+import torch
+
+from rll_repro import native
+
+SOURCE = Path(__file__).with_name("pool_kernels.c")
+_i64, _int, _ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p
+_GEOMETRY = [_i64] * 12  # n, h, w, c, oh, ow, kh, kw, sh, sw, ph, pw
+_KERNELS = native.Kernels(SOURCE, {
+    "max_pool_forward": _GEOMETRY + [_ptr, _ptr, _ptr, _int],
+    "max_pool_backward": _GEOMETRY + [_ptr, _i64, _ptr, _ptr, _int],
+}, openmp=True)
+
+
+def status() -> str:
+    return _KERNELS.status()
+
+
+def _rows_stride(t: torch.Tensor) -> int | None:
+    """Row stride (floats) of an NHWC tensor whose cells are rows of C unit-stride channels, else None."""
+    n, c, h, w = t.shape
+    s = t.stride()
+    rs = s[3] if w > 1 else (s[2] if h > 1 else (s[0] if n > 1 else c))
+    if (c > 1 and s[1] != 1) or rs < c:
+        return None
+    if (w > 1 and s[3] != rs) or (h > 1 and s[2] != w * rs) or (n > 1 and s[0] != h * w * rs):
+        return None
+    return rs
+
+
+def usable(x: torch.Tensor) -> bool:
+    return (x.dim() == 4 and native.plain_cpu_float32(x) and x.is_contiguous(memory_format=torch.channels_last)
+            and x.numel() > 0 and x.shape[2] * x.shape[3] < 2 ** 31 and _KERNELS.get() is not None)
+
+
+class MaxPool(torch.autograd.Function):
+    """y = MAX pooling of x (NHWC) over windows ``kernel`` at ``stride`` with ``pad``; the output size
+    ``out_hw`` is the layer's (Caffe's rule, which PyTorch's ceil mode gives too)."""
+
+    @staticmethod
+    def forward(ctx, x, kernel, stride, pad, out_hw):
+        n, c, h, w = x.shape
+        geometry = (n, h, w, c, *out_hw, *kernel, *stride, *pad)
+        out = torch.empty((n, c, *out_hw), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+        idx = torch.empty((n, c, *out_hw), dtype=torch.int32, device=x.device, memory_format=torch.channels_last)
+        _KERNELS.get().max_pool_forward(*geometry, x.data_ptr(), out.data_ptr(), idx.data_ptr(), native.threads())
+        ctx.save_for_backward(idx)
+        ctx.geometry = geometry
+        ctx.mark_non_differentiable(idx)
+        return out, idx
+
+    @staticmethod
+    def backward(ctx, grad, _grad_idx):
+        (idx,) = ctx.saved_tensors
+        n, h, w, c = ctx.geometry[:4]
+        stride = _rows_stride(grad)
+        if stride is None:
+            grad = grad.contiguous(memory_format=torch.channels_last)
+            stride = c
+        dx = torch.empty((n, c, h, w), dtype=grad.dtype, device=grad.device, memory_format=torch.channels_last)
+        _KERNELS.get().max_pool_backward(*ctx.geometry, grad.data_ptr(), stride, idx.data_ptr(), dx.data_ptr(),
+                                         native.threads())
+        return dx, None, None, None, None
+
+
+def max_pool(x, kernel, stride, pad, out_hw) -> torch.Tensor:
+    return MaxPool.apply(x, tuple(kernel), tuple(stride), tuple(pad), tuple(out_hw))[0]
