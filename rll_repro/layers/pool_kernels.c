@@ -97,3 +97,41 @@ void max_pool_backward(int64_t n, int64_t h, int64_t w, int64_t c, int64_t oh, i
                    dx + by * w * c);
     }
 }
+
+/* AVE pooling's backward as a gather: each input cell sums g / divisor over the windows that hold it,
+ * in output order, as PyTorch's (and Caffe's) scatter adds them. The divisor is Caffe's (and PyTorch's
+ * count_include_pad): (min(i s - p + k, H + p) - (i s - p)) times the same for columns. */
+VECTOR_CLONES
+static void average_gather_row(int64_t c, int64_t h, int64_t w, int64_t y, int64_t oh, int64_t ow, int64_t kh,
+                               int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, const float *g,
+                               int64_t gs, float *d)
+{
+    const int64_t i0 = max64((y + ph - kh + sh) / sh, 0), i1 = min64((y + ph) / sh, oh - 1);
+    for (int64_t v = 0; v < w; v++) {
+        float *dr = d + v * c;
+        for (int64_t j = 0; j < c; j++)
+            dr[j] = 0.0f;
+        const int64_t j0 = max64((v + pw - kw + sw) / sw, 0), j1 = min64((v + pw) / sw, ow - 1);
+        for (int64_t i = i0; i <= i1; i++) {
+            const int64_t hs = i * sh - ph, rows = min64(hs + kh, h + ph) - hs;
+            for (int64_t q = j0; q <= j1; q++) {
+                const int64_t ws = q * sw - pw, cols = min64(ws + kw, w + pw) - ws;
+                const float divisor = (float)(rows * cols);
+                const float *gr = g + (i * ow + q) * gs;
+                for (int64_t j = 0; j < c; j++)
+                    dr[j] += gr[j] / divisor;
+            }
+        }
+    }
+}
+
+void average_pool_backward(int64_t n, int64_t h, int64_t w, int64_t c, int64_t oh, int64_t ow, int64_t kh,
+                           int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, const float *g, int64_t gs,
+                           float *dx, int threads)
+{
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t by = 0; by < n * h; by++) {
+        const int64_t b = by / h, y = by % h;
+        average_gather_row(c, h, w, y, oh, ow, kh, kw, sh, sw, ph, pw, g + b * oh * ow * gs, gs, dx + by * w * c);
+    }
+}

@@ -17,7 +17,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from rll_repro.layers import max_pool_native
+from rll_repro.layers import pool_native
 from rll_repro.layers._util import check_bottoms, check_tops, fail, has, spatial_values
 from rll_repro.layers.base import Layer
 from rll_repro.layers.registry import register
@@ -94,11 +94,11 @@ class Pooling(Layer):
         kernel = self._geometry(x.shape)
         if any(2 * p > k for p, k in zip(self.pad, kernel)):
             return (self._explicit_pad(x, kernel),)
+        if self.ceil and torch.is_grad_enabled() and x.requires_grad and pool_native.usable(x):
+            out_hw = [caffe_pooled_size(x.shape[2 + i], kernel[i], self.pad[i], self.stride[i]) for i in range(2)]
+            run = pool_native.max_pool if self.method == MAX else pool_native.average_pool
+            return (run(x, kernel, self.stride, self.pad, out_hw),)
         if self.method == MAX:
-            if torch.is_grad_enabled() and x.requires_grad and max_pool_native.usable(x):
-                out_hw = [caffe_pooled_size(x.shape[2 + i], kernel[i], self.pad[i], self.stride[i], self.ceil)
-                          for i in range(2)]
-                return (max_pool_native.max_pool(x, kernel, self.stride, self.pad, out_hw),)
             y = F.max_pool2d(x, kernel, self.stride, self.pad, 1, self.ceil)
         else:
             y = F.avg_pool2d(x, kernel, self.stride, self.pad, self.ceil, True)

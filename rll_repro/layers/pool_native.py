@@ -1,8 +1,8 @@
-"""MAX pooling of channels_last float32 CPU tensors in C (pool_kernels.c) when a gradient is wanted:
-the same values, indices and gradients as PyTorch's CPU kernel bit for bit, with the backward as a
-gather (each input cell written once) instead of a zero fill and a scatter. Elsewhere (GPU, meta or
-fake tensors, NCHW, float64, no gradient, no C compiler) rll_repro.layers.pooling calls
-``F.max_pool2d``."""
+"""Pooling of channels_last float32 CPU tensors in C (pool_kernels.c) when a gradient is wanted: MAX
+pooling (values, indices, gradients) and AVE pooling's backward (its forward is PyTorch's), the same
+numbers as PyTorch's CPU kernels bit for bit, each backward a gather (every input cell written once)
+instead of a zero fill and a scatter. Elsewhere (GPU, meta or fake tensors, NCHW, float64, no
+gradient, no C compiler) rll_repro.layers.pooling calls ``F.max_pool2d`` / ``F.avg_pool2d``."""
 from __future__ import annotations
 
 import ctypes
@@ -18,6 +18,7 @@ _GEOMETRY = [_i64] * 12  # n, h, w, c, oh, ow, kh, kw, sh, sw, ph, pw
 _KERNELS = native.Kernels(SOURCE, {
     "max_pool_forward": _GEOMETRY + [_ptr, _ptr, _ptr, _int],
     "max_pool_backward": _GEOMETRY + [_ptr, _i64, _ptr, _ptr, _int],
+    "average_pool_backward": _GEOMETRY + [_ptr, _i64, _ptr, _int],
 }, openmp=True)
 
 
@@ -61,16 +62,43 @@ class MaxPool(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad, _grad_idx):
         (idx,) = ctx.saved_tensors
-        n, h, w, c = ctx.geometry[:4]
-        stride = _rows_stride(grad)
-        if stride is None:
-            grad = grad.contiguous(memory_format=torch.channels_last)
-            stride = c
-        dx = torch.empty((n, c, h, w), dtype=grad.dtype, device=grad.device, memory_format=torch.channels_last)
+        grad, stride, dx = _gradient_buffers(ctx.geometry, grad)
         _KERNELS.get().max_pool_backward(*ctx.geometry, grad.data_ptr(), stride, idx.data_ptr(), dx.data_ptr(),
                                          native.threads())
         return dx, None, None, None, None
 
 
+def _gradient_buffers(geometry, grad):
+    """(grad readable as rows, its row stride, the input gradient to write)."""
+    n, h, w, c = geometry[:4]
+    stride = _rows_stride(grad)
+    if stride is None:
+        grad = grad.contiguous(memory_format=torch.channels_last)
+        stride = c
+    dx = torch.empty((n, c, h, w), dtype=grad.dtype, device=grad.device, memory_format=torch.channels_last)
+    return grad, stride, dx
+
+
+class AveragePool(torch.autograd.Function):
+    """AVE pooling with PyTorch's forward (ceil mode, count_include_pad: Caffe's divisor) and the
+    gather backward."""
+
+    @staticmethod
+    def forward(ctx, x, kernel, stride, pad, out_hw):
+        n, c, h, w = x.shape
+        ctx.geometry = (n, h, w, c, *out_hw, *kernel, *stride, *pad)
+        return torch.nn.functional.avg_pool2d(x, kernel, stride, pad, True, True)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad, stride, dx = _gradient_buffers(ctx.geometry, grad)
+        _KERNELS.get().average_pool_backward(*ctx.geometry, grad.data_ptr(), stride, dx.data_ptr(), native.threads())
+        return dx, None, None, None, None
+
+
 def max_pool(x, kernel, stride, pad, out_hw) -> torch.Tensor:
     return MaxPool.apply(x, tuple(kernel), tuple(stride), tuple(pad), tuple(out_hw))[0]
+
+
+def average_pool(x, kernel, stride, pad, out_hw) -> torch.Tensor:
+    return AveragePool.apply(x, tuple(kernel), tuple(stride), tuple(pad), tuple(out_hw))
