@@ -1,8 +1,9 @@
 """Small C kernels, built with the machine's C compiler on first use and loaded with ctypes.
 
-The pair losses' per-pair arithmetic (rll_repro/layers/pair_kernels.c) and the Recall@K counts
-(rll_repro/eval/count_kernels.c) are one pass in C where PyTorch or numpy make one pass per
-operation; everything else stays PyTorch. A kernel source is compiled once
+The pair losses' per-pair arithmetic (rll_repro/layers/pair_kernels.c), the BatchNorm -> Scale ->
+ReLU chains of a CPU train step (layers/batchnorm_chain.c), pooling gradients (layers/pool_kernels.c)
+and the Recall@K counts (rll_repro/eval/count_kernels.c) are one pass in C where PyTorch or numpy
+make one pass per operation; everything else stays PyTorch. A kernel source is compiled once
 per source text, compiler and flags into ``$RLL_REPRO_CACHE_DIR`` (default
 ``$XDG_CACHE_HOME/rll_repro`` or ``~/.cache/rll_repro``; the system's temporary folder if that cannot
 be written), written atomically, so concurrent processes and a kill mid-build are harmless. A

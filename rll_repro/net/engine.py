@@ -24,6 +24,7 @@ from typing import Mapping
 import torch
 
 from rll_repro.errors import DataError, NetError, RLLReproError
+from rll_repro.layers import batchnorm_chain
 from rll_repro.net.parallel import runs_gathered
 
 
@@ -236,8 +237,6 @@ class Engine:
         """A BatchNorm -> Scale (-> ReLU) chain in one operation (rll_repro.layers.batchnorm_chain):
         {top: tensor} for the tops whose blob holds the chain's output; the blobs of the intermediate
         tops are recomputed when read (``_chain_tops``). None where the chain does not run fused."""
-        from rll_repro.layers import batchnorm_chain
-
         steps = self._steps[chain.start:chain.start + chain.length]
         fused = batchnorm_chain.run(steps[0].layer, steps[1].layer, chain.relu, x)
         if fused is None:
