@@ -23,9 +23,8 @@ import numpy as np
 import pytest
 import torch
 
-from rll_repro.caffe.io import parse_net_text
+from net_steps import net_with_inputs, solver_step
 from rll_repro.layers import batchnorm_chain
-from rll_repro.net import Net
 
 pytestmark = pytest.mark.skipif(batchnorm_chain._KERNELS.get() is None,
                                 reason=f"chain kernels not built here: {batchnorm_chain.status()}")
@@ -175,18 +174,10 @@ layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "
 
 
 def _net(text):
-    net = Net(parse_net_text(text), phase="train", seed=3)
-    rng = np.random.default_rng(0)
-    net.blobs["data"].data[...] = rng.standard_normal((4, 3, 12, 12)).astype(np.float32) * 2 + 1
-    net.blobs["label"].data[...] = np.array([0, 1, 2, 1], np.float32)
-    return net
+    return net_with_inputs(text, (4, 3, 12, 12))
 
 
-def _step(net, keep):
-    net.keep_blob_diffs = keep
-    net.clear_param_diffs()
-    loss = float(net.forward_backward())
-    return loss, {f"{name}/{i}": p.diff.copy() for name in net.params for i, p in enumerate(net.params[name])}
+_step = solver_step
 
 
 @pytest.fixture()

@@ -17,9 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from rll_repro.caffe.io import parse_net_text
+from net_steps import net_with_inputs, solver_step
 from rll_repro.layers import scale
-from rll_repro.net import Net
 
 NET = """
 layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 4 dim: 3 dim: 8 dim: 8 } } }
@@ -36,19 +35,10 @@ layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "
 
 
 def _net(memory_format=torch.channels_last):
-    net = Net(parse_net_text(NET), phase="train", seed=3)
-    net.set_memory_format(memory_format)
-    rng = np.random.default_rng(0)
-    net.blobs["data"].data[...] = rng.standard_normal((4, 3, 8, 8)).astype(np.float32) * 2 + 1
-    net.blobs["label"].data[...] = np.array([0, 1, 2, 1], np.float32)
-    return net
+    return net_with_inputs(NET, (4, 3, 8, 8), memory_format=memory_format)
 
 
-def _step(net, keep):
-    net.keep_blob_diffs = keep
-    net.clear_param_diffs()
-    loss = float(net.forward_backward())
-    return loss, {f"{name}/{i}": p.diff.copy() for name in net.params for i, p in enumerate(net.params[name])}
+_step = solver_step
 
 
 @pytest.fixture()

@@ -24,6 +24,13 @@
 static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
+/* The windows i (of `count` along an axis) holding cell y: i s - p <= y < i s - p + k. */
+static int64_t first_window(int64_t y, int64_t k, int64_t s, int64_t p) { return max64((y + p - k + s) / s, 0); }
+static int64_t last_window(int64_t y, int64_t s, int64_t p, int64_t count) { return min64((y + p) / s, count - 1); }
+
+/* n floats zeroed (a row of input cells). */
+static void zero_cells(float *d, int64_t n) { for (int64_t j = 0; j < n; j++) d[j] = 0.0f; }
+
 VECTOR_CLONES
 static void window_max(int64_t c, const float *x, int64_t w, int64_t h0, int64_t h1, int64_t w0, int64_t w1,
                        float *o, int32_t *ix)
@@ -68,13 +75,11 @@ static void gather_row(int64_t c, int64_t w, int64_t y, int64_t oh, int64_t ow, 
                        int64_t sh, int64_t sw, int64_t ph, int64_t pw, const float *g, int64_t gs,
                        const int32_t *idx, float *d)
 {
-    /* windows i with i s - p <= y < i s - p + k */
-    const int64_t i0 = max64((y + ph - kh + sh) / sh, 0), i1 = min64((y + ph) / sh, oh - 1);
+    const int64_t i0 = first_window(y, kh, sh, ph), i1 = last_window(y, sh, ph, oh);
+    zero_cells(d, w * c);
     for (int64_t v = 0; v < w; v++) {
         float *dr = d + v * c;
-        for (int64_t j = 0; j < c; j++)
-            dr[j] = 0.0f;
-        const int64_t j0 = max64((v + pw - kw + sw) / sw, 0), j1 = min64((v + pw) / sw, ow - 1);
+        const int64_t j0 = first_window(v, kw, sw, pw), j1 = last_window(v, sw, pw, ow);
         const int32_t pos = (int32_t)(y * w + v);
         for (int64_t i = i0; i <= i1; i++)
             for (int64_t q = j0; q <= j1; q++) {
@@ -106,12 +111,11 @@ static void average_gather_row(int64_t c, int64_t h, int64_t w, int64_t y, int64
                                int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, const float *g,
                                int64_t gs, float *d)
 {
-    const int64_t i0 = max64((y + ph - kh + sh) / sh, 0), i1 = min64((y + ph) / sh, oh - 1);
+    const int64_t i0 = first_window(y, kh, sh, ph), i1 = last_window(y, sh, ph, oh);
+    zero_cells(d, w * c);
     for (int64_t v = 0; v < w; v++) {
         float *dr = d + v * c;
-        for (int64_t j = 0; j < c; j++)
-            dr[j] = 0.0f;
-        const int64_t j0 = max64((v + pw - kw + sw) / sw, 0), j1 = min64((v + pw) / sw, ow - 1);
+        const int64_t j0 = first_window(v, kw, sw, pw), j1 = last_window(v, sw, pw, ow);
         for (int64_t i = i0; i <= i1; i++) {
             const int64_t hs = i * sh - ph, rows = min64(hs + kh, h + ph) - hs;
             for (int64_t q = j0; q <= j1; q++) {
