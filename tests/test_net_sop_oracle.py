@@ -132,8 +132,10 @@ def test_sop_train_net_backbone_gradients_match_caffe_within_float32_noise(sop_t
 
 
 def test_sop_train_net_solver_step_gradients_match_caffe_as_closely(sop_train):
-    """The solver's forward_backward keeps no blob diff, so each BatchNorm + Scale pair takes its
-    backward in one pass (layers/scale.py, channels_last CPU): the same tolerances hold."""
+    """The solver's forward_backward keeps no blob diff, so each BatchNorm -> Scale -> ReLU chain
+    runs as one C operation (layers/batchnorm_chain.py; without the kernels each BatchNorm + Scale
+    pair takes its backward in one pass, layers/scale.py), channels_last CPU: the same tolerances
+    hold for the blobs (the chains' BatchNorm tops recomputed when read) and the gradients."""
     _, z, inputs, _, pycaffe_grads, _ = sop_train
     from conftest import shared_path
 
@@ -146,6 +148,18 @@ def test_sop_train_net_solver_step_gradients_match_caffe_as_closely(sop_train):
     net.blobs["label"].data[...] = inputs["label"]
     net.clear_param_diffs()
     net.forward_backward()
+    from rll_repro.layers import batchnorm_chain
+
+    if batchnorm_chain.usable(torch.empty(2, 2, 2, 2).contiguous(memory_format=torch.channels_last)):
+        # the BatchNorm -> Scale -> ReLU chains ran in C: their BatchNorm tops are recomputed on read
+        assert len(net._chain_tops) >= 70
+    loss_tops = {name for name, _, _ in net._loss_tops}  # the RLL layers rewrite theirs in backward
+    blobs = {key: summary_errors(z, key, net.blobs[key[len("blob/"):]].data)
+             for key in _keys(z, "blob") if key[len("blob/"):] not in loss_tops}
+    assert len(blobs) > 250
+    for which in ("aggregate", "values"):
+        key, err = _worst(blobs, which)
+        assert err <= 2e-4, f"{key}: {which} relative error {err:.2e}"
     grads = {}
     for key in pycaffe_grads:
         layer, i = key[len("paramdiff/"):].rsplit("/", 1)
