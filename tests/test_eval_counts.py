@@ -47,6 +47,21 @@ def test_run_tasks_gives_every_task_to_one_worker_and_restores_torch_threads():
     assert workers.run_tasks(range(3), list, lambda s, t: s.append(t), 1) == [[0, 1, 2]]
 
 
+def test_run_tasks_sets_one_thread_in_each_worker_thread(monkeypatch):
+    """OpenMP's thread count is a per-thread setting: a worker thread that did not set its own ran
+    each product on a team of the default size beside the other workers' (oversubscribed cores,
+    spinning threads: the bimodal SOP rounds of bench_eval.py)."""
+    import threading
+
+    calls = []
+    real = torch.set_num_threads
+    monkeypatch.setattr(torch, "set_num_threads", lambda k: (calls.append((threading.get_ident(), k)), real(k))[1])
+    seen = set()
+    workers.run_tasks(range(20), list, lambda s, t: seen.add(threading.get_ident()), 2)
+    assert seen and all((ident, 1) in calls for ident in seen)
+    assert threading.get_ident() not in seen
+
+
 def test_run_tasks_restores_threads_after_an_error():
     before = torch.get_num_threads()
 

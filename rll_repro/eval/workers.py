@@ -44,6 +44,10 @@ def run_tasks(tasks, make_state, work, workers: int, on_done=None) -> list:
     lock = threading.Lock()
 
     def loop(_):
+        if workers > 1:  # OpenMP's thread count is per thread: a new thread starts at the default
+            import torch
+
+            torch.set_num_threads(1)
         state = make_state()
         while True:
             with lock:
