@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import nn
 
+from rll_repro.layers import pointwise_conv
 from rll_repro.layers._util import check_bottoms, fail, has, spatial_values
 from rll_repro.layers.base import Layer
 from rll_repro.layers.fillers import fill
@@ -68,6 +69,8 @@ class Convolution(Layer):
         return size
 
     def convolve(self, x, weight, bias):
+        if pointwise_conv.applies(x, weight, self.stride, self.pad, self.group):
+            return pointwise_conv.PointwiseConvolution.apply(x, weight, bias)
         return F.conv2d(x, weight, bias, self.stride, self.pad, self.dilation, self.group)
 
     def reshape(self, bottom_shapes):
