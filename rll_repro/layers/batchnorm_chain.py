@@ -68,10 +68,11 @@ def _check(result: int) -> None:
 
 
 def usable(x: torch.Tensor) -> bool:
-    """Whether the chain runs in C for this BatchNorm input: a real float32 channels_last 4-D CPU
-    tensor with more than one value per channel, and the kernels built."""
+    """Whether the chain runs in C for this BatchNorm input: a real float32 4-D CPU tensor laid out
+    as rows of channels (channels_last, or a channel slice of one) with more than one value per
+    channel, and the kernels built."""
     return (x.dim() == 4 and native.plain_cpu_float32(x) and x.numel() > x.shape[1] > 0
-            and x.is_contiguous(memory_format=torch.channels_last) and _KERNELS.get() is not None)
+            and _rows(x) is not None and _KERNELS.get() is not None)
 
 
 class _BatchNormScaleReLU(torch.autograd.Function):

@@ -1,5 +1,5 @@
 """1x1 convolutions (stride 1, no padding, one group) of channels_last float32 CPU tensors with their
-backward as two matrix products.
+backward as two matrix products, and sibling 1x1 convolutions of one bottom as one.
 
 Caffe's 1x1 convolution is a GEMM (im2col is the identity): top = W · bottom per image, and its
 backward bottom_diff = Wᵀ · top_diff, weight_diff += top_diff · bottomᵀ. On an NHWC tensor the rows
@@ -8,6 +8,12 @@ product) and the backward is torch.mm on the rows: the gradients in another floa
 than oneDNN's backward kernels (Caffe's own order, per image and then over the batch, is neither),
 5-25% faster on the BN-Inception shapes. Elsewhere (GPU, meta or fake tensors, NCHW, float64)
 Convolution calls F.conv2d as before.
+
+Sibling 1x1 convolutions that read the same blob (three in each BN-Inception module) run on the
+solver path as one convolution with their weights stacked (:func:`siblings`): the input is read once
+forward, its gradient is one product over all their output channels instead of three products and
+two sums (Caffe's Split adds them), and the weight gradients one product. Each top is its channel
+slice of the one output (the BatchNorm chains read such slices in place).
 """
 from __future__ import annotations
 
@@ -24,6 +30,12 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
         return t.permute(0, 2, 3, 1).view(-1, c)
     except RuntimeError:
         return t.permute(0, 2, 3, 1).reshape(-1, c)
+
+
+def pointwise(layer) -> bool:
+    """A Convolution layer (not Deconvolution) with a 1x1 kernel, stride 1, no padding, one group."""
+    return (layer.param.type == "Convolution" and tuple(layer.kernel) == (1, 1) and tuple(layer.stride) == (1, 1)
+            and tuple(layer.pad) == (0, 0) and layer.group == 1)
 
 
 def applies(x: torch.Tensor, weight: torch.Tensor, stride, pad, group) -> bool:
@@ -59,3 +71,15 @@ class PointwiseConvolution(torch.autograd.Function):
         if ctx.has_bias and ctx.needs_input_grad[2]:
             db = g.sum(0)
         return dx, dw, db
+
+
+def siblings(layers, x: torch.Tensor) -> list[torch.Tensor] | None:
+    """The tops of pointwise Convolution ``layers`` reading the same ``x`` (all with or all without
+    bias), computed as one convolution: channel slices of its output. None where it does not apply."""
+    weights = [layer.blobs[0] for layer in layers]
+    if not applies(x, weights[0], (1, 1), (0, 0), 1):
+        return None
+    weight = torch.cat(weights, 0)
+    bias = torch.cat([layer.blobs[1] for layer in layers]) if layers[0].bias_term else None
+    y = PointwiseConvolution.apply(x, weight, bias)
+    return list(torch.split(y, [w.shape[0] for w in weights], 1))

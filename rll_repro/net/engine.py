@@ -24,7 +24,7 @@ from typing import Mapping
 import torch
 
 from rll_repro.errors import DataError, NetError, RLLReproError
-from rll_repro.layers import batchnorm_chain
+from rll_repro.layers import batchnorm_chain, pointwise_conv
 from rll_repro.net.parallel import runs_gathered
 
 
@@ -170,13 +170,25 @@ class Engine:
         total = None
         steps = self._steps
         stop = len(steps) if end is None else min(end, len(steps))
+        fuse = self.ctx.fuse_backward and self.parallel is None
+        ran_early: set[int] = set()  # sibling convolutions already run with their group's first
         k = start
         while k < stop:
             step = steps[k]
             k += 1
-            if getattr(step.layer, "is_input", False):
+            if getattr(step.layer, "is_input", False) or k - 1 in ran_early:
                 continue
-            chain = step.chain if self.ctx.fuse_backward and self.parallel is None else None
+            if fuse and step.siblings is not None and all(i < stop for i in step.siblings):
+                tops = pointwise_conv.siblings([steps[i].layer for i in step.siblings], data[step.bottoms[0]])
+                if tops is not None:
+                    for i, t in zip(step.siblings, tops):
+                        name = steps[i].tops[0]
+                        first.setdefault(root_of[name], t)
+                        data[name] = t
+                        latest[root_of[name]] = t
+                    ran_early.update(step.siblings)
+                    continue
+            chain = step.chain if fuse else None
             if chain is not None and chain.start + chain.length <= stop:
                 fused = self._run_chain(chain, data[step.bottoms[0]])
                 if fused is not None:

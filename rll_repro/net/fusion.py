@@ -1,4 +1,5 @@
-"""Layer chains the net may run as one operation on the solver path: BatchNorm -> Scale (-> ReLU).
+"""Layers the net may run as one operation on the solver path: BatchNorm -> Scale (-> ReLU) chains,
+and sibling 1x1 convolutions of one bottom.
 
 A chain is fused only where nothing can tell: consecutive layers, each reading the previous one's top
 and nothing else reading that version of the blob, no propagate_down 0, no loss weight, no blob
@@ -9,6 +10,8 @@ rll_repro.layers.batchnorm_chain); otherwise its layers run one by one as always
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from rll_repro.layers.pointwise_conv import pointwise
 
 
 @dataclass(frozen=True)
@@ -64,3 +67,21 @@ def plan_chains(plan) -> None:
                     and readers.get((scale.tops[0], k + 1)) == 1 and scale.tops[0] not in outputs
                     and _own_memory(plan, act.tops[0]))
         bn.chain = Chain(k, 3 if relu else 2, relu)
+
+
+def plan_siblings(plan) -> None:
+    """Group the pointwise Convolutions that read the same version of a blob (two or more, the same
+    bias_term, each with its own new top): ``step.siblings`` on the first lists the group's step
+    indices; the others run at the first one's place when the group runs as one."""
+    writer: dict[str, int] = {name: -1 for name in plan.inputs}
+    groups: dict[tuple, list[int]] = {}
+    for k, step in enumerate(plan.steps):
+        if (len(step.bottoms) == 1 and len(step.tops) == 1 and step.tops != step.bottoms and all(step.propagate)
+                and not any(step.loss_weights) and pointwise(step.layer) and _own_memory(plan, step.tops[0])):
+            b = step.bottoms[0]
+            groups.setdefault((b, writer.get(b, -1), step.layer.bias_term), []).append(k)
+        for t in step.tops:
+            writer[t] = k
+    for members in groups.values():
+        if len(members) > 1:
+            plan.steps[members[0]].siblings = tuple(members)

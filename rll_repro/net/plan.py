@@ -23,7 +23,7 @@ from typing import Sequence
 from rll_repro.errors import NetError, RLLReproError
 from rll_repro.layers.base import DIALECTS, OSM_ONLY_TYPES, Dialect
 from rll_repro.layers.registry import layer_class
-from rll_repro.net.fusion import plan_chains
+from rll_repro.net.fusion import plan_chains, plan_siblings
 
 PHASES = {"train": 0, "test": 1}
 TRAIN, TEST = 0, 1  # pycaffe's caffe.TRAIN / caffe.TEST: Net(proto, weights, TEST) works as in pycaffe
@@ -100,11 +100,12 @@ class Step:
     """One layer of the plan: the module, its blob names, propagate_down, loss weights, and whether it
     runs in place on its bottom's tensor (see :func:`plan_inplace`)."""
 
-    __slots__ = ("layer", "bottoms", "tops", "propagate", "loss_weights", "index", "inplace", "chain")
+    __slots__ = ("layer", "bottoms", "tops", "propagate", "loss_weights", "index", "inplace", "chain", "siblings")
 
     def __init__(self, layer, bottoms, tops, propagate, loss_weights, index):
         self.inplace = False
         self.chain = None  # a rll_repro.net.fusion.Chain starting here, if any
+        self.siblings = None  # step indices of sibling 1x1 convolutions run as one from here, if any
         self.layer = layer
         self.bottoms = bottoms
         self.tops = tops
@@ -192,6 +193,7 @@ def build_plan(layer_params, ctx) -> Plan:
     plan.alias_groups = {root: names for root, names in groups.items() if len(names) > 1}
     plan.loss_tops = [t for step in plan.steps for t, w in zip(step.tops, step.loss_weights) if w != 0.0]
     plan_chains(plan)
+    plan_siblings(plan)
     return plan
 
 
