@@ -228,6 +228,23 @@ layer { name: "relu" type: "ReLU" bottom: "conv" top: "conv" }
     assert float(fused_net.blobs["conv"].data.min()) == 0.0
 
 
+def test_an_in_place_batchnorm_blob_holds_the_scale_output_when_the_relu_writes_elsewhere():
+    """BatchNorm and Scale in place on the convolution's blob, the ReLU to a new one: that blob's data
+    is the Scale's top (recomputed), not the convolution's output it held before the chain."""
+    text = HEAD + """
+layer { name: "bn" type: "BatchNorm" bottom: "conv" top: "conv" }
+layer { name: "sc" type: "Scale" bottom: "conv" top: "conv" scale_param { bias_term: true } }
+layer { name: "relu" type: "ReLU" bottom: "conv" top: "conv/relu" }
+""" + TAIL.replace("conv/bn/sc", "conv/relu")
+    kept_net, fused_net = _net(text), _net(text)
+    _step(kept_net, keep=True)
+    _step(fused_net, keep=None)
+    assert set(fused_net._chain_tops) == {"conv"}
+    assert _close(fused_net.blobs["conv"].data, kept_net.blobs["conv"].data)
+    assert float(fused_net.blobs["conv"].data.min()) < 0  # before the ReLU
+    assert _close(fused_net.blobs["conv/relu"].data, kept_net.blobs["conv/relu"].data)
+
+
 def _chains(text):
     return [s.chain for s in _net(text)._steps if s.chain is not None]
 

@@ -193,6 +193,9 @@ class Engine:
                 fused = self._run_chain(chain, data[step.bottoms[0]])
                 if fused is not None:
                     for t_name, t in fused.items():
+                        if t is None:  # recomputed when read: an earlier version must not stand in
+                            data.pop(t_name, None)
+                            continue
                         root = root_of[t_name]
                         first.setdefault(root, t)
                         data[t_name] = t
@@ -247,8 +250,9 @@ class Engine:
 
     def _run_chain(self, chain, x: torch.Tensor) -> dict[str, torch.Tensor] | None:
         """A BatchNorm -> Scale (-> ReLU) chain in one operation (rll_repro.layers.batchnorm_chain):
-        {top: tensor} for the tops whose blob holds the chain's output; the blobs of the intermediate
-        tops are recomputed when read (``_chain_tops``). None where the chain does not run fused."""
+        {top: tensor} for the tops whose blob holds the chain's output, {top: None} for the others,
+        whose blobs are recomputed when read (``_chain_tops``). None where the chain does not run
+        fused."""
         steps = self._steps[chain.start:chain.start + chain.length]
         fused = batchnorm_chain.run(steps[0].layer, steps[1].layer, chain.relu, x)
         if fused is None:
@@ -261,7 +265,7 @@ class Engine:
         for name, stage in stage_of.items():
             if stage != last:
                 self._chain_tops[name] = functools.partial(recompute, stage)
-        return {name: out for name, stage in stage_of.items() if stage == last}
+        return {name: out if stage == last else None for name, stage in stage_of.items()}
 
     def _materialize_chain_tops(self) -> None:
         """Every intermediate top of the last forward's fused chains, computed into its blob."""
