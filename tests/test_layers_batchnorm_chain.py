@@ -245,6 +245,26 @@ layer { name: "relu" type: "ReLU" bottom: "conv" top: "conv/relu" }
     assert _close(fused_net.blobs["conv/relu"].data, kept_net.blobs["conv/relu"].data)
 
 
+def test_recomputed_tops_are_taken_before_their_bottom_is_handed_out():
+    """Writing a chain's bottom through its host view (pycaffe's blob.data) after the step must not
+    change the tops that blob fed, as it cannot in Caffe, where every top is stored; an in-place
+    torch write is refused by name."""
+    text = HEAD + CHAIN.replace("RELU", "") + TAIL
+    kept_net, fused_net = _net(text), _net(text)
+    _step(kept_net, keep=True)
+    _step(fused_net, keep=None)
+    assert "conv/bn" in fused_net._chain_tops
+    fused_net.blobs["conv"].data[...] = 0.0  # the tops were computed when "conv" was handed out
+    assert "conv/bn" not in fused_net._chain_tops
+    assert _close(fused_net.blobs["conv/bn"].data, kept_net.blobs["conv/bn"].data)
+    _step(fused_net, keep=None)
+    fused_net._data["conv"].add_(1.0)  # a torch in-place write: the recipe's check refuses it
+    from rll_repro.errors import NetError
+
+    with pytest.raises(NetError, match="conv/bn.*overwritten"):
+        fused_net._chain_tops["conv/bn"]()
+
+
 def _chains(text):
     return [s.chain for s in _net(text)._steps if s.chain is not None]
 

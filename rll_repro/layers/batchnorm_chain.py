@@ -24,6 +24,7 @@ from typing import Callable
 import torch
 
 from rll_repro import native
+from rll_repro.layers._util import fail
 
 SOURCE = Path(__file__).with_name("batchnorm_chain.c")
 CPU = torch.device("cpu")
@@ -144,8 +145,8 @@ def run(batchnorm, scale, relu: bool, x: torch.Tensor) -> tuple[torch.Tensor, Ca
     def top(stage: int) -> torch.Tensor:
         x0, version, mean0, std0, gamma0, beta0 = saved
         if x0._version != version:
-            raise RuntimeError(f"layer {batchnorm.layer_name!r}: its bottom was overwritten after the forward; "
-                               "its top can no longer be recomputed")
+            raise fail(batchnorm.param, "its bottom was overwritten in place after the forward, so its top "
+                                        "(not stored: the chain ran fused) can no longer be recomputed")
         return intermediate(x0, mean0, std0, gamma0, beta0, stage)
 
     return out, top

@@ -151,7 +151,7 @@ class Engine:
             data.update({k: v.detach() for k, v in self._data.items()})
         else:  # drop the previous pass's activations and diffs before making new ones (peak memory)
             self._data = {name: self._data[name] for name in self.inputs}
-            self._chain_tops = {}
+            self._chain_tops, self._chain_sources = {}, {}
             self._diff, self._first, self._grads, self._loss_tops = {}, {}, {}, []
         for name in self.inputs:
             t = self._data[name]
@@ -262,9 +262,11 @@ class Engine:
         for stage, step in enumerate(steps):
             stage_of[step.tops[0]] = stage
         last = len(steps) - 1
+        source = steps[0].bottoms[0]  # its host view could be written: the tops are computed before
         for name, stage in stage_of.items():
             if stage != last:
                 self._chain_tops[name] = functools.partial(recompute, stage)
+                self._chain_sources.setdefault(source, []).append(name)
         return {name: out if stage == last else None for name, stage in stage_of.items()}
 
     def _materialize_chain_tops(self) -> None:

@@ -146,6 +146,7 @@ class Net(Engine, PycaffeFacade, WeightsIO, nn.Module):
         self._data: dict[str, torch.Tensor] = {name: self._zeros(self._blob_shapes[name]) for name in self.inputs}
         self._diff: dict[str, torch.Tensor] = {}
         self._chain_tops: dict = {}  # blob -> recomputes an intermediate top of a fused chain (engine.py)
+        self._chain_sources: dict = {}  # a fused chain's bottom blob -> the tops recomputed from it
         self._first: dict[str, torch.Tensor] = {}
         self._grads: dict[str, torch.Tensor] = {}
         self.blobs: "OrderedDict[str, Blob]" = OrderedDict((n, Blob(self, n)) for n in self._blob_shapes)

@@ -178,6 +178,9 @@ class PycaffeFacade:
     # -- storage -----------------------------------------------------------------------------------
 
     def _blob_data(self, name: str) -> torch.Tensor:
+        for top in self._chain_sources.pop(name, ()):  # a fused chain's bottom, about to be handed out
+            if top in self._chain_tops:  # (and maybe written through its host view): its tops first
+                self._data[top] = self._chain_tops.pop(top)().detach()
         t = self._data.get(name)
         if t is None and name in self._chain_tops:  # an intermediate top of a fused chain (engine.py)
             t = self._data[name] = self._chain_tops.pop(name)().detach()
