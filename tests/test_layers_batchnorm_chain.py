@@ -25,6 +25,7 @@ import torch
 
 from net_steps import net_with_inputs, solver_step
 from rll_repro.layers import batchnorm_chain
+from rll_repro.layers._util import nhwc_rows
 
 pytestmark = pytest.mark.skipif(batchnorm_chain._KERNELS.get() is None,
                                 reason=f"chain kernels not built here: {batchnorm_chain.status()}")
@@ -116,7 +117,7 @@ def test_a_channel_slice_gradient_is_read_in_place():
     gamma, beta = _params(16)
     wide = torch.randn(6, 40, 9, 7).contiguous(memory_format=torch.channels_last)
     grad = wide[:, 8:24]
-    assert batchnorm_chain._rows(grad) is not None and not grad.is_contiguous(memory_format=torch.channels_last)
+    assert nhwc_rows(grad) is not None and not grad.is_contiguous(memory_format=torch.channels_last)
     out, *_ = _apply(x, gamma, beta)
     (dx_slice,) = torch.autograd.grad(out, x, grad)
     (dx_dense,) = torch.autograd.grad(_apply(x, gamma, beta)[0], x, grad.contiguous(memory_format=torch.channels_last))

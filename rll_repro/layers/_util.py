@@ -1,8 +1,11 @@
-"""Small helpers shared by the layer ports: Caffe's axis/count rules and one-line build errors."""
+"""Small helpers shared by the layer ports: Caffe's axis/count rules, one-line build errors, and the
+NHWC row view the CPU kernels read."""
 from __future__ import annotations
 
 import math
 from typing import Sequence
+
+import torch
 
 from rll_repro.errors import NetError
 
@@ -76,3 +79,28 @@ def check_embedding_label_loss(param, bottom_shapes) -> None:
     check_tops(param, 1)
     if len(param.propagate_down) > 1 and param.propagate_down[1]:
         raise fail(param, "cannot backpropagate to the labels (propagate_down[1] must be 0)")
+
+
+def nhwc_rows(t: torch.Tensor) -> torch.Tensor | None:
+    """``t`` (N, C, H, W) as an (N·H·W, C) view with unit channel stride and a uniform row stride of at
+    least C (channels_last, or a channel slice of a wider channels_last tensor, as a Concat's backward
+    hands out), else None."""
+    c = t.shape[1]
+    try:
+        v = t.permute(0, 2, 3, 1).view(-1, c)
+    except RuntimeError:
+        return None
+    if v.shape[0] > 1 and v.stride(0) < c or c > 1 and v.stride(1) != 1:
+        return None
+    return v
+
+
+def nhwc_rows_for_c(t: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(rows, row stride in floats) of ``t`` for a C kernel: :func:`nhwc_rows`, or the rows of a
+    channels_last copy where ``t`` has no such view. Keep the rows alive while C reads them."""
+    v = nhwc_rows(t)
+    if v is None:
+        v = nhwc_rows(t.contiguous(memory_format=torch.channels_last))
+    if v.device.type != "cpu":
+        raise ValueError(f"the NHWC kernels take CPU tensors, got {v.device}")
+    return v, (v.stride(0) if v.shape[0] > 1 else v.shape[1])

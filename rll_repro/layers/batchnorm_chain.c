@@ -10,8 +10,10 @@
  *   backward  gz = g * (out > 0);  dbeta = sum(gz);  dgamma = sum(gz * y);  dy = gz * gamma
  *             dx = (dy + (-1/m) * (y * sum(y * dy) + sum(dy))) / std
  *
- * with y and z recomputed from x bit for bit (so out > 0 is z > 0: out is not read back). Caffe sums with float32 BLAS calls (gemv) in an order of the
- * BLAS's choosing; here every sum is a float64 accumulator rounded to float once. Built with
+ * with y and z recomputed from x bit for bit (so out > 0 is z > 0: out is not read back). Caffe sums
+ * with float32 BLAS calls (gemv) in an order of the BLAS's choosing; here every sum is a float64
+ * accumulator rounded to float once, sum(dy) and sum(y * dy) taken as gamma * sum(gz) and
+ * gamma * sum(gz * y) (the per-term roundings of gz * gamma lie below the float32 summation error). Built with
  * -ffp-contract=off and no fast-math: nothing is fused or reassociated.
  *
  * Row chunks: each pass splits the rows into chunks fixed by `rows` alone (at least 256 rows, at most

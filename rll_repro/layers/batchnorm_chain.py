@@ -5,8 +5,8 @@ ReLU (RLL SPEC §2.2); Caffe runs them as three layers, each a pass or more over
 (forward: the two statistics, x − μ, the division, x̂·γ, + β, the ReLU; backward three again). Here,
 on the solver path (no blob diff kept: ``BuildContext.fuse_backward``), the net runs the chain as one
 operation on channels_last float32 CPU tensors, with Caffe's arithmetic operation for operation
-(the C file's header lists them): the statistics in two passes over x, the three tops' arithmetic in
-one, and the backward of all three layers in two. The chain's intermediate tops (BatchNorm's and,
+(the C file's header lists them): the statistics in one pass over x, the three tops' arithmetic in a
+second, and the backward of all three layers in two. The chain's intermediate tops (BatchNorm's and,
 without an in-place ReLU, Scale's) are not written; the net recomputes them, bit for bit, when a
 caller reads their blob (:func:`run` returns the recipe).
 
@@ -24,7 +24,7 @@ from typing import Callable
 import torch
 
 from rll_repro import native
-from rll_repro.layers._util import fail
+from rll_repro.layers._util import fail, nhwc_rows, nhwc_rows_for_c
 
 SOURCE = Path(__file__).with_name("batchnorm_chain.c")
 CPU = torch.device("cpu")
@@ -43,26 +43,6 @@ def status() -> str:
     return _KERNELS.status()
 
 
-def _rows(t: torch.Tensor) -> torch.Tensor | None:
-    """``t`` (N, C, H, W) as an (N·H·W, C) view with unit channel stride (channels_last, or a channel
-    slice of a wider channels_last tensor, as a Concat's backward hands out), else None."""
-    c = t.shape[1]
-    try:
-        v = t.permute(0, 2, 3, 1).view(-1, c)
-    except RuntimeError:
-        return None
-    if v.shape[0] > 1 and v.stride(0) < c or c > 1 and v.stride(1) != 1:
-        return None
-    return v
-
-
-def _ptr_rows(v: torch.Tensor) -> tuple[int, int]:
-    """(data pointer, row stride) of a rows view for C."""
-    if v.device.type != "cpu":
-        raise ValueError(f"batchnorm chain kernels take CPU tensors, got {v.device}")
-    return v.data_ptr(), v.stride(0) if v.shape[0] > 1 else v.shape[1]
-
-
 def _check(result: int) -> None:
     if result < 0:
         raise MemoryError("batchnorm chain kernels: no memory for the per-chunk accumulators")
@@ -73,7 +53,7 @@ def usable(x: torch.Tensor) -> bool:
     as rows of channels (channels_last, or a channel slice of one) with more than one value per
     channel, and the kernels built."""
     return (x.dim() == 4 and native.plain_cpu_float32(x) and x.numel() > x.shape[1] > 0
-            and _rows(x) is not None and _KERNELS.get() is not None)
+            and nhwc_rows(x) is not None and _KERNELS.get() is not None)
 
 
 class _BatchNormScaleReLU(torch.autograd.Function):
@@ -82,18 +62,13 @@ class _BatchNormScaleReLU(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, gamma, beta, eps: float, relu: bool):
-        lib = _KERNELS.get()
         c = x.shape[1]
-        rows = x.numel() // c
-        xp, xs = _ptr_rows(_rows(x))
+        xv, xs = nhwc_rows_for_c(x)
         mean, var, std = (torch.empty(c, dtype=torch.float32, device=CPU) for _ in range(3))
         g32, b32 = gamma.detach().contiguous(), beta.detach().contiguous()
-        _check(lib.bn_statistics(rows, c, xp, xs, eps, mean.data_ptr(), var.data_ptr(), std.data_ptr(),
-                                 native.threads()))
-        out = torch.empty_like(x, memory_format=torch.channels_last)
-        lib.bn_apply(rows, c, xp, xs, mean.data_ptr(), std.data_ptr(), native.pointer(g32, "batchnorm chain kernels"),
-                     native.pointer(b32, "batchnorm chain kernels"), STAGE_RELU if relu else STAGE_SCALE, out.data_ptr(),
-                     native.threads())
+        _check(_KERNELS.get().bn_statistics(xv.shape[0], c, xv.data_ptr(), xs, eps, mean.data_ptr(), var.data_ptr(),
+                                            std.data_ptr(), native.threads()))
+        out = intermediate(x, mean, std, g32, b32, STAGE_RELU if relu else STAGE_SCALE)
         ctx.save_for_backward(x, mean, std, g32, b32 if relu else None)
         ctx.mark_non_differentiable(mean, var, std)
         return out, mean, var, std
@@ -101,32 +76,31 @@ class _BatchNormScaleReLU(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad, _gm, _gv, _gs):
         x, mean, std, gamma, relu_beta = ctx.saved_tensors
-        lib = _KERNELS.get()
         c = x.shape[1]
-        rows = x.numel() // c
-        g = _rows(grad)
-        if g is None:
-            g = _rows(grad.contiguous(memory_format=torch.channels_last))
-        gp, gs = _ptr_rows(g)
-        xp, xs = _ptr_rows(_rows(x))
+        gv, gs = nhwc_rows_for_c(grad)
+        xv, xs = nhwc_rows_for_c(x)
+        rows = xv.shape[0]
         dx = torch.empty_like(x, memory_format=torch.channels_last)
         dgamma, dbeta = (torch.empty(c, dtype=torch.float32, device=CPU) for _ in range(2))
-        _check(lib.bn_chain_backward(rows, c, gp, gs, xp, xs, mean.data_ptr(), std.data_ptr(), gamma.data_ptr(),
-                                     None if relu_beta is None else relu_beta.data_ptr(), -1.0 / rows,
-                                     dx.data_ptr(), dgamma.data_ptr(), dbeta.data_ptr(), native.threads()))
+        _check(_KERNELS.get().bn_chain_backward(
+            rows, c, gv.data_ptr(), gs, xv.data_ptr(), xs, mean.data_ptr(), std.data_ptr(), gamma.data_ptr(),
+            None if relu_beta is None else relu_beta.data_ptr(), -1.0 / rows, dx.data_ptr(), dgamma.data_ptr(),
+            dbeta.data_ptr(), native.threads()))
         needs = ctx.needs_input_grad
         return (dx if needs[0] else None, dgamma if needs[1] else None, dbeta if needs[2] else None, None, None)
 
 
 def intermediate(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, gamma: torch.Tensor,
                  beta: torch.Tensor, stage: int) -> torch.Tensor:
-    """BatchNorm's top (``STAGE_BATCHNORM``) or Scale's (``STAGE_SCALE``) of a chain's forward,
-    recomputed from its input and statistics: the values the three layers would have written."""
+    """BatchNorm's top (``STAGE_BATCHNORM``), Scale's (``STAGE_SCALE``) or the ReLU's (``STAGE_RELU``)
+    of a chain from its input and statistics (one elementwise pass): the values the three layers
+    write. The forward's output, and an intermediate top recomputed when its blob is read."""
     c = x.shape[1]
-    xp, xs = _ptr_rows(_rows(x))
+    xv, xs = nhwc_rows_for_c(x)
     top = torch.empty_like(x, memory_format=torch.channels_last)
-    _KERNELS.get().bn_apply(x.numel() // c, c, xp, xs, mean.data_ptr(), std.data_ptr(), gamma.data_ptr(),
-                            beta.data_ptr(), stage, top.data_ptr(), native.threads())
+    _KERNELS.get().bn_apply(xv.shape[0], c, xv.data_ptr(), xs, mean.data_ptr(), std.data_ptr(),
+                            native.pointer(gamma, "batchnorm chain kernels"), native.pointer(beta, "batchnorm chain kernels"),
+                            stage, top.data_ptr(), native.threads())
     return top
 
 

@@ -21,15 +21,13 @@ import torch
 import torch.nn.functional as F
 
 from rll_repro import native
+from rll_repro.layers._util import nhwc_rows
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:
     """(N·H·W, C) rows of an NCHW-shaped tensor, a view where its layout allows (channels_last)."""
-    c = t.shape[1]
-    try:
-        return t.permute(0, 2, 3, 1).view(-1, c)
-    except RuntimeError:
-        return t.permute(0, 2, 3, 1).reshape(-1, c)
+    v = nhwc_rows(t)
+    return v if v is not None else t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
 
 
 def pointwise(layer) -> bool:

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from rll_repro import native
+from rll_repro.layers._util import nhwc_rows_for_c
 
 SOURCE = Path(__file__).with_name("pool_kernels.c")
 _i64, _int, _ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p
@@ -24,18 +25,6 @@ _KERNELS = native.Kernels(SOURCE, {
 
 def status() -> str:
     return _KERNELS.status()
-
-
-def _rows_stride(t: torch.Tensor) -> int | None:
-    """Row stride (floats) of an NHWC tensor whose cells are rows of C unit-stride channels, else None."""
-    n, c, h, w = t.shape
-    s = t.stride()
-    rs = s[3] if w > 1 else (s[2] if h > 1 else (s[0] if n > 1 else c))
-    if (c > 1 and s[1] != 1) or rs < c:
-        return None
-    if (w > 1 and s[3] != rs) or (h > 1 and s[2] != w * rs) or (n > 1 and s[0] != h * w * rs):
-        return None
-    return rs
 
 
 def usable(x: torch.Tensor) -> bool:
@@ -69,14 +58,11 @@ class MaxPool(torch.autograd.Function):
 
 
 def _gradient_buffers(geometry, grad):
-    """(grad readable as rows, its row stride, the input gradient to write)."""
+    """(grad's NHWC rows, their row stride, the input gradient to write)."""
     n, h, w, c = geometry[:4]
-    stride = _rows_stride(grad)
-    if stride is None:
-        grad = grad.contiguous(memory_format=torch.channels_last)
-        stride = c
+    rows, stride = nhwc_rows_for_c(grad)
     dx = torch.empty((n, c, h, w), dtype=grad.dtype, device=grad.device, memory_format=torch.channels_last)
-    return grad, stride, dx
+    return rows, stride, dx
 
 
 class AveragePool(torch.autograd.Function):

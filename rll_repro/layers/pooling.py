@@ -5,7 +5,9 @@
   (``round_mode: FLOOR`` of newer BVLC protos rounds down instead.)
 - AVE divides by the window clipped to [−pad, H + pad) (padding cells inside H + pad are counted,
   cells beyond it are not), i.e. PyTorch ``ceil_mode=True, count_include_pad=True``.
-- MAX ignores padding; the gradient goes to the first maximum in row-major window order.
+- MAX ignores padding; the gradient goes to the first maximum in row-major window order. A NaN in a
+  window is PyTorch's rule (it wins, the last one), where Caffe's ``>`` would pass over it; the C
+  kernels of pool_native.py keep PyTorch's rule bit for bit.
 - ``global_pooling``: the kernel is the whole H×W (pad 0, stride 1).
 - Pads larger than half the kernel (Caffe needs only pad < kernel) are padded by hand.
 - STOCHASTIC pooling is not supported.

@@ -23,16 +23,22 @@ class Chain:
     relu: bool
 
 
-def _version_readers(plan) -> dict[tuple[str, int], int]:
-    """How many layers read each (blob, version), a version being the index of the step that wrote it."""
+def _versions_read(plan):
+    """(k, step, [(bottom, version)]) for each step, a version being the index of the step that wrote
+    the blob (-1: a net input)."""
     writer: dict[str, int] = {name: -1 for name in plan.inputs}
-    readers: dict[tuple[str, int], int] = {}
     for k, step in enumerate(plan.steps):
-        for b in step.bottoms:
-            key = (b, writer.get(b, -1))
-            readers[key] = readers.get(key, 0) + 1
+        yield k, step, [(b, writer.get(b, -1)) for b in step.bottoms]
         for t in step.tops:
             writer[t] = k
+
+
+def _version_readers(plan) -> dict[tuple[str, int], int]:
+    """How many layers read each (blob, version)."""
+    readers: dict[tuple[str, int], int] = {}
+    for _, _, read in _versions_read(plan):
+        for key in read:
+            readers[key] = readers.get(key, 0) + 1
     return readers
 
 
@@ -73,15 +79,11 @@ def plan_siblings(plan) -> None:
     """Group the pointwise Convolutions that read the same version of a blob (two or more, the same
     bias_term, each with its own new top): ``step.siblings`` on the first lists the group's step
     indices; the others run at the first one's place when the group runs as one."""
-    writer: dict[str, int] = {name: -1 for name in plan.inputs}
     groups: dict[tuple, list[int]] = {}
-    for k, step in enumerate(plan.steps):
+    for k, step, read in _versions_read(plan):
         if (len(step.bottoms) == 1 and len(step.tops) == 1 and step.tops != step.bottoms and all(step.propagate)
                 and not any(step.loss_weights) and pointwise(step.layer) and _own_memory(plan, step.tops[0])):
-            b = step.bottoms[0]
-            groups.setdefault((b, writer.get(b, -1), step.layer.bias_term), []).append(k)
-        for t in step.tops:
-            writer[t] = k
+            groups.setdefault((*read[0], step.layer.bias_term), []).append(k)
     for members in groups.values():
         if len(members) > 1:
             plan.steps[members[0]].siblings = tuple(members)

@@ -177,13 +177,17 @@ class PycaffeFacade:
 
     # -- storage -----------------------------------------------------------------------------------
 
+    def _recompute_chain_top(self, name: str) -> None:
+        """An intermediate top of a fused chain (engine.py), computed into its blob."""
+        if name in self._chain_tops:
+            self._data[name] = self._chain_tops.pop(name)().detach()
+
     def _blob_data(self, name: str) -> torch.Tensor:
         for top in self._chain_sources.pop(name, ()):  # a fused chain's bottom, about to be handed out
-            if top in self._chain_tops:  # (and maybe written through its host view): its tops first
-                self._data[top] = self._chain_tops.pop(top)().detach()
+            self._recompute_chain_top(top)  # (and maybe written through its host view): its tops first
+        if name not in self._data:
+            self._recompute_chain_top(name)
         t = self._data.get(name)
-        if t is None and name in self._chain_tops:  # an intermediate top of a fused chain (engine.py)
-            t = self._data[name] = self._chain_tops.pop(name)().detach()
         if t is None:
             if name not in self._blob_shapes:
                 raise KeyError(name)
